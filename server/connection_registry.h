@@ -1,0 +1,115 @@
+// ConnectionRegistry: the connection cache -- handles, TTL and max_entries.
+//
+// Reproduces st.connection's caching: a Connect with the same (spec key,
+// session) and the same CacheSettings returns the same Connection and handle,
+// from any client. Calls with different (ttl, max_entries) use separate
+// caches, so one caller's settings never evict another's entries. In each
+// cache an entry expires `ttl` after its creation, and when a new entry would
+// exceed `max_entries` the least recently used one is evicted (cachetools'
+// TTLCache, which Streamlit uses, orders by use).
+//
+// A handle outlives eviction: it names (settings, key, spec), and Get()
+// rebuilds an evicted connection from that spec. Handles are random and stable
+// for the life of the daemon.
+//
+// Thread-safe. The Database factory never runs under the registry's lock;
+// concurrent first Connects of one key still build one connection.
+#ifndef CONNBROKER_SERVER_CONNECTION_REGISTRY_H_
+#define CONNBROKER_SERVER_CONNECTION_REGISTRY_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "connbroker/config/spec.h"
+#include "server/clock.h"
+#include "server/connection.h"
+
+namespace connbroker::server {
+
+// The (ttl, max_entries) of one cache. Unset: unbounded.
+struct CacheSettings {
+  std::optional<int64_t> max_entries;
+  std::optional<absl::Duration> ttl;
+  friend bool operator==(const CacheSettings&, const CacheSettings&) = default;
+};
+
+struct ConnectOutcome {
+  std::shared_ptr<Connection> connection;
+  bool created = false;  // false: joined an existing connection
+};
+
+// One row of ListConnections, without any secret.
+struct ConnectionSnapshot {
+  std::string handle;
+  std::string name;
+  std::string type;
+  std::string description;
+  config::Scope scope = config::Scope::kGlobal;
+  CacheSettings settings;
+  bool live = false;            // cached now (false: evicted, handle valid)
+  absl::Time created;           // of the live connection
+  std::optional<absl::Time> expires;
+  int64_t queries = 0;          // of the live connection
+  int64_t joins = 0;            // Connects that returned this handle
+  v1::PoolStats pool;           // of the live connection
+};
+
+struct RegistryStats {
+  int64_t live = 0;
+  int64_t handles = 0;
+  int64_t created = 0;          // connections built, rebuilds included
+  int64_t evicted_ttl = 0;
+  int64_t evicted_max_entries = 0;
+};
+
+class ConnectionRegistry {
+ public:
+  using DatabaseFactory =
+      std::function<absl::StatusOr<std::unique_ptr<Database>>(
+          const config::ConnectionSpec&)>;
+
+  // `clock` must outlive the registry.
+  ConnectionRegistry(const Clock* clock, DatabaseFactory factory);
+  ~ConnectionRegistry();
+
+  ConnectionRegistry(const ConnectionRegistry&) = delete;
+  ConnectionRegistry& operator=(const ConnectionRegistry&) = delete;
+
+  // Finds or builds the connection for `spec` in the cache of `settings`.
+  // `session_id` matters only when spec.scope is kSession (then it is part
+  // of the key; an empty session id is INVALID_ARGUMENT). Factory errors are
+  // returned as they are and nothing is cached.
+  absl::StatusOr<ConnectOutcome> Connect(const config::ConnectionSpec& spec,
+                                         const CacheSettings& settings,
+                                         const std::string& session_id);
+
+  // The live connection behind `handle`, rebuilt if it was evicted.
+  // NOT_FOUND ("unknown handle ...") if this daemon never issued it.
+  absl::StatusOr<std::shared_ptr<Connection>> Get(const std::string& handle);
+
+  // Evicts every entry whose TTL has passed. Expiry is also checked on every
+  // Connect and Get, so this only makes eviction timely (janitor).
+  void EvictExpired();
+
+  // Every handle, sorted by name then handle.
+  std::vector<ConnectionSnapshot> List() const;
+
+  // Every live connection (for the janitor's idle sweep).
+  std::vector<std::shared_ptr<Connection>> LiveConnections() const;
+
+  RegistryStats Stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace connbroker::server
+
+#endif  // CONNBROKER_SERVER_CONNECTION_REGISTRY_H_

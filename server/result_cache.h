@@ -1,0 +1,102 @@
+// ResultCache: query results kept for a TTL, with single flight on a miss.
+//
+// Keyed by a string the caller builds from (connection key, sql, params,
+// options). When many callers ask for the same missing key at once, one
+// becomes the leader and runs the query; the others wait and share its
+// result, so the database runs it once. The cache holds at most `max_bytes`
+// of results (oldest-expiring first out); a result over `max_entry_bytes` is
+// not cached.
+//
+// Thread-safe. Waiting blocks the calling thread, which must therefore be a
+// broker worker, never a gRPC reactor thread.
+#ifndef CONNBROKER_SERVER_RESULT_CACHE_H_
+#define CONNBROKER_SERVER_RESULT_CACHE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "connbroker/v1/values.pb.h"
+#include "server/clock.h"
+
+namespace connbroker::server {
+
+// A whole result, immutable once published.
+struct CachedResult {
+  v1::Schema schema;
+  std::vector<v1::RowBatch> batches;
+  int64_t row_count = 0;
+  int64_t bytes = 0;  // sum of ByteSizeLong() of schema and batches
+};
+
+struct ResultCacheStats {
+  int64_t hits = 0;
+  int64_t misses = 0;       // a leader was chosen
+  int64_t joins = 0;        // waited for a leader and shared its result
+  int64_t entries = 0;
+  int64_t bytes = 0;
+};
+
+class ResultCache {
+ public:
+  // The leader's duty: exactly one of Publish, Fail or Abandon (the
+  // destructor abandons if none was called).
+  class Flight {
+   public:
+    virtual ~Flight() = default;
+    // Caches `result` for `ttl` (if it fits) and hands it to the waiters.
+    virtual void Publish(std::shared_ptr<const CachedResult> result,
+                         absl::Duration ttl) = 0;
+    // The query failed for a reason every waiter shares (bad SQL): waiters
+    // get `status`. Nothing is cached.
+    virtual void Fail(const absl::Status& status) = 0;
+    // The leader gave up for a reason of its own (its client went away, the
+    // result is too big to cache): one waiter becomes the new leader.
+    virtual void Abandon() = 0;
+  };
+
+  struct Lookup {
+    // Set on a hit or a join.
+    std::shared_ptr<const CachedResult> result;
+    bool joined = false;  // the result came from another caller's flight
+    // Set when the caller must run the query (result is null then).
+    std::unique_ptr<Flight> flight;
+  };
+
+  // `clock` must outlive the cache.
+  ResultCache(const Clock* clock, int64_t max_bytes, int64_t max_entry_bytes);
+  ~ResultCache();
+
+  ResultCache(const ResultCache&) = delete;
+  ResultCache& operator=(const ResultCache&) = delete;
+
+  // A fresh cached result, or the result of an identical query in flight
+  // (waiting until `deadline`: DEADLINE_EXCEEDED after), or a Flight for the
+  // caller to run. `owner` is the connection key, for DropOwner.
+  absl::StatusOr<Lookup> GetOrLead(const std::string& key,
+                                   const std::string& owner,
+                                   absl::Time deadline);
+
+  // Drops every result of one connection (Reset). Returns how many.
+  int64_t DropOwner(const std::string& owner);
+
+  // Counts the results of one connection.
+  int64_t CountOwner(const std::string& owner) const;
+
+  // Drops expired entries (janitor; lookups also skip them).
+  void EvictExpired();
+
+  int64_t max_entry_bytes() const;
+  ResultCacheStats Stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace connbroker::server
+
+#endif  // CONNBROKER_SERVER_RESULT_CACHE_H_
