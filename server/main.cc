@@ -1,1 +1,222 @@
-int main() { return 0; }
+// connbrokerd: the connection broker daemon.
+//
+// Serves the ConnectionBroker gRPC service (plus health and reflection) on a
+// Unix socket by default. SIGHUP reloads the secrets; SIGTERM or SIGINT
+// drains in-flight calls, then closes every backend.
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "connbroker/config/broker_settings.h"
+#include "connbroker/config/secrets.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "server/broker.h"
+#include "server/broker_service.h"
+#include "server/drivers/database.h"
+#include "server/janitor.h"
+#include "server/listen_address.h"
+#include "server/worker_pool.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "server/logging.h"
+
+namespace connbroker::server {
+namespace {
+
+constexpr char kUsage[] =
+    R"(usage: connbrokerd [options]
+
+Serves cached, shared database connections configured from secrets.toml.
+
+  --listen ADDR      unix:/abs/path (default: $XDG_RUNTIME_DIR/connbroker.sock,
+                     else /tmp/connbroker-<uid>/connbroker.sock) or host:port
+  --secrets FILE     a secrets file; repeatable, later files win key by key
+                     (default: $CONNBROKER_SECRETS, else
+                     ~/.streamlit/secrets.toml and ./.streamlit/secrets.toml)
+  --config FILE      broker.toml: cache defaults, pool sizes, limits
+  --log-level LEVEL  trace, debug, info, warn, error (default info)
+  --workers N        threads for database work (default 16)
+  --help
+
+Signals: SIGHUP reloads the secrets, SIGTERM/SIGINT shut down gracefully.
+)";
+
+struct Flags {
+  std::optional<std::string> listen;
+  std::vector<std::string> secrets;
+  std::optional<std::string> config;
+  std::optional<std::string> log_level;
+  std::optional<int> workers;
+};
+
+// Parses argv; on error prints to stderr and exits 2.
+Flags ParseFlags(int argc, char** argv) {
+  Flags flags;
+  auto fail = [](const std::string& message) {
+    std::cerr << "connbrokerd: " << message << "\n\n" << kUsage;
+    std::exit(2);
+  };
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::cout << kUsage;
+      std::exit(0);
+    }
+    std::string value;
+    if (size_t eq = arg.find('='); eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      fail(absl::StrCat(arg, " needs a value"));
+    }
+    if (arg == "--listen") {
+      flags.listen = value;
+    } else if (arg == "--secrets") {
+      flags.secrets.push_back(value);
+    } else if (arg == "--config") {
+      flags.config = value;
+    } else if (arg == "--log-level") {
+      flags.log_level = value;
+    } else if (arg == "--workers") {
+      int workers;
+      if (!absl::SimpleAtoi(value, &workers) || workers < 1 || workers > 1024) {
+        fail("--workers takes a number from 1 to 1024");
+      }
+      flags.workers = workers;
+    } else {
+      fail(absl::StrCat("unknown option ", arg));
+    }
+  }
+  return flags;
+}
+
+std::vector<config::SecretsFile> SecretsFiles(
+    const Flags& flags, const config::BrokerSettings& settings) {
+  config::SecretsDiscovery discovery;
+  discovery.flag_paths = flags.secrets.empty() ? settings.secrets : flags.secrets;
+  if (const char* env = std::getenv("CONNBROKER_SECRETS")) {
+    discovery.env_value = env;
+  }
+  char cwd[4096];
+  discovery.working_directory = ::getcwd(cwd, sizeof(cwd)) ? cwd : ".";
+  if (const char* home = std::getenv("HOME")) discovery.home = home;
+  return config::SecretsFilePaths(discovery);
+}
+
+int Run(int argc, char** argv) {
+  Flags flags = ParseFlags(argc, argv);
+  auto logger = spdlog::stderr_color_mt("connbrokerd");
+  spdlog::set_default_logger(logger);
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+
+  config::BrokerSettings settings;
+  if (flags.config) {
+    absl::StatusOr<config::BrokerSettings> loaded =
+        config::LoadBrokerSettings(*flags.config);
+    if (!loaded.ok()) {
+      spdlog::critical("{}", loaded.status().message());
+      return 1;
+    }
+    settings = *std::move(loaded);
+  }
+  if (flags.listen) settings.listen = *flags.listen;
+  if (flags.log_level) settings.log_level = *flags.log_level;
+  if (flags.workers) settings.worker_threads = *flags.workers;
+  spdlog::level::level_enum level = spdlog::level::from_str(settings.log_level);
+  if (level == spdlog::level::off && settings.log_level != "off") {
+    spdlog::critical("unknown log level '{}'", settings.log_level);
+    return 2;
+  }
+  spdlog::set_level(level);
+  if (settings.listen.empty()) settings.listen = DefaultListenAddress();
+
+  // Signals are taken by a sigwait loop below, never by handlers, so every
+  // thread started from here on inherits the block.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  absl::StatusOr<std::string> socket_path =
+      PrepareListenAddress(settings.listen);
+  if (!socket_path.ok()) {
+    spdlog::critical("{}", socket_path.status().message());
+    return 1;
+  }
+
+  Broker::Options options;
+  options.settings = settings;
+  options.secrets_files = SecretsFiles(flags, settings);
+  options.env = [](const std::string& name) -> std::optional<std::string> {
+    const char* value = std::getenv(name.c_str());
+    if (value == nullptr) return std::nullopt;
+    return std::string(value);
+  };
+  options.database_factory = OpenDatabase;
+  Broker broker(std::move(options), Clock::Real());
+  WorkerPool workers(settings.worker_threads);
+  BrokerService service(&broker, &workers);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(settings.listen, grpc::InsecureServerCredentials());
+  builder.RegisterService(&service);
+  // The socket is created with the process umask: make it 0600 from the
+  // start rather than chmod it after clients could already connect.
+  mode_t old_umask = ::umask(0177);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ::umask(old_umask);
+  if (server == nullptr) {
+    spdlog::critical("cannot listen on {}", settings.listen);
+    return 1;
+  }
+  server->GetHealthCheckService()->SetServingStatus(true);
+  if (socket_path->empty()) {
+    spdlog::warn("listening on TCP {} without TLS or authentication",
+                 settings.listen);
+  }
+  Janitor janitor(absl::Seconds(1), [&broker] { broker.Upkeep(); });
+  spdlog::info("serving on {} ({} worker threads)", settings.listen,
+               settings.worker_threads);
+
+  while (true) {
+    int signal_number = 0;
+    if (sigwait(&signals, &signal_number) != 0) continue;
+    if (signal_number == SIGHUP) {
+      spdlog::info("SIGHUP: reloading secrets");
+      broker.ReloadSecrets().IgnoreError();  // logged by ReloadSecrets
+      continue;
+    }
+    spdlog::info("{}: draining in-flight calls", strsignal(signal_number));
+    break;
+  }
+  server->GetHealthCheckService()->SetServingStatus(false);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  server->Wait();
+  if (!socket_path->empty()) ::unlink(socket_path->c_str());
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace connbroker::server
+
+int main(int argc, char** argv) { return connbroker::server::Run(argc, argv); }

@@ -1,0 +1,58 @@
+// Maps absl::Status to grpc::Status plus the connbroker-error-bin trailer.
+#include "server/status_mapping.h"
+
+#include <string>
+
+#include "absl/strings/cord.h"
+
+namespace connbroker::server {
+namespace {
+
+constexpr char kReasonPayload[] = "connbroker.v1/ErrorDetail.Reason";
+
+v1::ErrorDetail::Reason ReasonFromCode(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kUnavailable:
+      return v1::ErrorDetail::BACKEND;
+    case absl::StatusCode::kResourceExhausted:
+      return v1::ErrorDetail::POOL_EXHAUSTED;
+    case absl::StatusCode::kFailedPrecondition:
+      return v1::ErrorDetail::CONFIG;
+    default:
+      return v1::ErrorDetail::REASON_UNSPECIFIED;
+  }
+}
+
+}  // namespace
+
+absl::Status WithReason(absl::Status status, v1::ErrorDetail::Reason reason) {
+  if (status.ok()) return status;
+  status.SetPayload(kReasonPayload,
+                    absl::Cord(v1::ErrorDetail::Reason_Name(reason)));
+  return status;
+}
+
+v1::ErrorDetail DetailOf(const absl::Status& status) {
+  v1::ErrorDetail detail;
+  detail.set_reason(ReasonFromCode(status.code()));
+  if (auto payload = status.GetPayload(kReasonPayload)) {
+    v1::ErrorDetail::Reason reason;
+    if (v1::ErrorDetail::Reason_Parse(std::string(*payload), &reason)) {
+      detail.set_reason(reason);
+    }
+  }
+  detail.set_retryable(status.code() == absl::StatusCode::kUnavailable ||
+                       status.code() == absl::StatusCode::kResourceExhausted);
+  return detail;
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status,
+                          grpc::CallbackServerContext* context) {
+  if (status.ok()) return grpc::Status::OK;
+  context->AddTrailingMetadata(kErrorDetailTrailer,
+                               DetailOf(status).SerializeAsString());
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+}  // namespace connbroker::server

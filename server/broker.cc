@@ -1,0 +1,316 @@
+// Broker: Connect, Query, Execute, Reset and reporting, without gRPC.
+#include "server/broker.h"
+
+#include <cmath>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "server/status_mapping.h"
+#include "server/logging.h"
+
+namespace connbroker::server {
+namespace {
+
+config::Value FromProto(const v1::Value& value) {
+  switch (value.kind_case()) {
+    case v1::Value::kBoolValue:
+      return value.bool_value();
+    case v1::Value::kInt64Value:
+      return value.int64_value();
+    case v1::Value::kDoubleValue:
+      return value.double_value();
+    case v1::Value::kTextValue:
+      return value.text_value();
+    case v1::Value::kBlobValue:
+      return config::Blob{value.blob_value()};
+    case v1::Value::kNullValue:
+    case v1::Value::KIND_NOT_SET:
+      break;
+  }
+  return std::monostate{};
+}
+
+config::Params ToParams(
+    const google::protobuf::Map<std::string, v1::Value>& kwargs) {
+  config::Params params;
+  for (const auto& [key, value] : kwargs) params.emplace(key, FromProto(value));
+  return params;
+}
+
+int64_t UnixMicros(absl::Time time) { return absl::ToUnixMicros(time); }
+
+}  // namespace
+
+Broker::Broker(Options options, const Clock* clock)
+    : settings_(std::move(options.settings)),
+      secrets_files_(std::move(options.secrets_files)),
+      env_(std::move(options.env)),
+      clock_(clock),
+      started_(clock->Now()),
+      registry_(clock, std::move(options.database_factory)),
+      results_(clock, settings_.result_cache_bytes,
+               settings_.result_cache_entry_bytes) {
+  ReloadSecrets().IgnoreError();  // reported by ReloadSecrets itself
+}
+
+absl::Status Broker::ReloadSecrets() {
+  absl::StatusOr<config::Secrets> loaded = config::Secrets::Load(secrets_files_);
+  absl::MutexLock lock(&secrets_mu_);
+  if (!loaded.ok()) {
+    secrets_error_ = loaded.status();
+    spdlog::error("secrets not loaded{}: {}",
+                  secrets_ != nullptr ? " (keeping the last good ones)" : "",
+                  loaded.status().message());
+    return loaded.status();
+  }
+  secrets_ = std::make_shared<const config::Secrets>(*std::move(loaded));
+  secrets_error_ = absl::OkStatus();
+  spdlog::info("secrets loaded from {} file(s); connections: {}",
+               secrets_->files().size(), secrets_->ConnectionNames().size());
+  return absl::OkStatus();
+}
+
+std::shared_ptr<const config::Secrets> Broker::CurrentSecrets(
+    absl::Status* load_error) const {
+  absl::MutexLock lock(&secrets_mu_);
+  *load_error = secrets_error_;
+  return secrets_;
+}
+
+absl::StatusOr<ConnectOutcome> Broker::ConnectInternal(
+    const v1::ConnectRequest& request, const std::string& session) {
+  counters_.connect_calls.fetch_add(1, std::memory_order_relaxed);
+  absl::Status load_error;
+  std::shared_ptr<const config::Secrets> secrets = CurrentSecrets(&load_error);
+  if (secrets == nullptr) {
+    return WithReason(
+        absl::FailedPreconditionError(absl::StrCat(
+            "no connection can be resolved until the secrets load: ",
+            load_error.message())),
+        v1::ErrorDetail::CONFIG);
+  }
+  absl::StatusOr<config::ConnectionSpec> spec = config::ResolveSpec(
+      config::ConnectArgs{request.name(), request.type(),
+                          ToParams(request.kwargs())},
+      *secrets, env_, settings_.pool);
+  if (!spec.ok()) return WithReason(spec.status(), v1::ErrorDetail::CONFIG);
+
+  CacheSettings cache;
+  cache.max_entries = request.has_max_entries()
+                          ? std::optional<int64_t>(request.max_entries())
+                          : settings_.default_max_entries;
+  if (request.has_ttl_seconds()) {
+    if (!std::isfinite(request.ttl_seconds()) || request.ttl_seconds() <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ttl_seconds must be a positive number of seconds, got ",
+                       request.ttl_seconds()));
+    }
+    cache.ttl = absl::Seconds(request.ttl_seconds());
+  } else {
+    cache.ttl = settings_.default_ttl;
+  }
+  absl::StatusOr<ConnectOutcome> outcome =
+      registry_.Connect(*spec, cache, session);
+  if (outcome.ok() && outcome->created) {
+    spdlog::info("connection {} created: name={} type={} scope={} -> {}",
+                 outcome->connection->handle(), spec->name, spec->type,
+                 config::ScopeName(spec->scope), spec->description);
+  }
+  return outcome;
+}
+
+absl::StatusOr<v1::ConnectResponse> Broker::Connect(
+    const v1::ConnectRequest& request, const std::string& session) {
+  absl::StatusOr<ConnectOutcome> outcome = ConnectInternal(request, session);
+  if (!outcome.ok()) return outcome.status();
+  const Connection& connection = *outcome->connection;
+  v1::ConnectResponse response;
+  response.set_handle(connection.handle());
+  response.set_name(connection.spec().name);
+  response.set_type(connection.spec().type);
+  response.set_description(connection.spec().description);
+  response.set_created(outcome->created);
+  response.set_scope(config::ScopeName(connection.spec().scope));
+  return response;
+}
+
+absl::StatusOr<std::shared_ptr<Connection>> Broker::ResolveTarget(
+    const v1::Target& target, const std::string& session) {
+  switch (target.target_case()) {
+    case v1::Target::kHandle: {
+      absl::StatusOr<std::shared_ptr<Connection>> connection =
+          registry_.Get(target.handle());
+      if (!connection.ok() &&
+          connection.status().code() == absl::StatusCode::kNotFound) {
+        return WithReason(connection.status(),
+                          v1::ErrorDetail::UNKNOWN_HANDLE);
+      }
+      return connection;
+    }
+    case v1::Target::kConnect: {
+      absl::StatusOr<ConnectOutcome> outcome =
+          ConnectInternal(target.connect(), session);
+      if (!outcome.ok()) return outcome.status();
+      return std::move(outcome->connection);
+    }
+    case v1::Target::TARGET_NOT_SET:
+      break;
+  }
+  return absl::InvalidArgumentError(
+      "the request names no connection: set target.handle (from Connect) or "
+      "target.connect");
+}
+
+absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
+    const v1::QueryRequest& request, const std::string& session,
+    absl::Time deadline) {
+  counters_.queries.fetch_add(1, std::memory_order_relaxed);
+  if (request.sql().empty()) {
+    return absl::InvalidArgumentError("the query has no sql");
+  }
+  if (request.chunk_rows() < 0) {
+    return absl::InvalidArgumentError("chunk_rows must not be negative");
+  }
+  absl::Duration ttl = absl::ZeroDuration();
+  if (request.has_ttl_seconds()) {
+    if (!std::isfinite(request.ttl_seconds()) || request.ttl_seconds() < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ttl_seconds must be a non-negative number, got ",
+                       request.ttl_seconds()));
+    }
+    ttl = absl::Seconds(request.ttl_seconds());
+  }
+  absl::StatusOr<std::shared_ptr<Connection>> connection =
+      ResolveTarget(request.target(), session);
+  if (!connection.ok()) return connection.status();
+
+  QueryLimits limits;
+  limits.chunk_rows = request.chunk_rows() > 0 ? request.chunk_rows()
+                                               : settings_.default_chunk_rows;
+  limits.batch_bytes = settings_.batch_bytes;
+  limits.max_attempts = settings_.max_attempts;
+  return QueryRun::Start(*std::move(connection), request.sql(),
+                         request.params(), ttl, limits, deadline, &results_,
+                         &counters_, clock_);
+}
+
+absl::StatusOr<v1::ExecuteResponse> Broker::Execute(
+    const v1::ExecuteRequest& request, const std::string& session) {
+  counters_.executes.fetch_add(1, std::memory_order_relaxed);
+  if (request.sql().empty()) {
+    return absl::InvalidArgumentError("the statement has no sql");
+  }
+  absl::StatusOr<std::shared_ptr<Connection>> connection =
+      ResolveTarget(request.target(), session);
+  if (!connection.ok()) return connection.status();
+  // Not retried: a write whose backend broke may have committed, and running
+  // it twice is worse than reporting the failure.
+  counters_.backend_executions.fetch_add(1, std::memory_order_relaxed);
+  absl::StatusOr<ExecuteResult> result =
+      (*connection)->database().Execute(request.sql(), request.params());
+  if (!result.ok()) return result.status();
+  v1::ExecuteResponse response;
+  response.set_rows_affected(result->rows_affected);
+  response.set_last_insert_id(result->last_insert_id);
+  response.set_handle((*connection)->handle());
+  return response;
+}
+
+absl::StatusOr<v1::ResetResponse> Broker::Reset(const v1::ResetRequest& request,
+                                                const std::string& session) {
+  absl::StatusOr<std::shared_ptr<Connection>> connection =
+      ResolveTarget(request.target(), session);
+  if (!connection.ok()) return connection.status();
+  counters_.resets.fetch_add(1, std::memory_order_relaxed);
+  v1::ResetResponse response;
+  response.set_handle((*connection)->handle());
+  response.set_backends_closed((*connection)->database().Reset());
+  response.set_cached_results_dropped(results_.DropOwner((*connection)->key()));
+  spdlog::info("connection {} reset: {} backend(s), {} cached result(s)",
+               response.handle(), response.backends_closed(),
+               response.cached_results_dropped());
+  return response;
+}
+
+v1::ListConnectionsResponse Broker::ListConnections() const {
+  absl::flat_hash_map<std::string, std::string> key_of_handle;
+  for (const std::shared_ptr<Connection>& live : registry_.LiveConnections()) {
+    key_of_handle[live->handle()] = live->key();
+  }
+  v1::ListConnectionsResponse response;
+  for (const ConnectionSnapshot& snapshot : registry_.List()) {
+    v1::ConnectionInfo* info = response.add_connections();
+    info->set_handle(snapshot.handle);
+    info->set_name(snapshot.name);
+    info->set_type(snapshot.type);
+    info->set_description(snapshot.description);
+    info->set_scope(config::ScopeName(snapshot.scope));
+    info->set_live(snapshot.live);
+    if (snapshot.settings.max_entries) {
+      info->set_max_entries(*snapshot.settings.max_entries);
+    }
+    if (snapshot.settings.ttl) {
+      info->set_ttl_seconds(absl::ToDoubleSeconds(*snapshot.settings.ttl));
+    }
+    info->set_clients(snapshot.joins);
+    if (snapshot.live) {
+      info->set_created_unix_micros(UnixMicros(snapshot.created));
+      if (snapshot.expires) {
+        info->set_expires_unix_micros(UnixMicros(*snapshot.expires));
+      }
+      info->set_queries(snapshot.queries);
+      *info->mutable_pool() = snapshot.pool;
+      auto key = key_of_handle.find(snapshot.handle);
+      if (key != key_of_handle.end()) {
+        info->set_cached_results(results_.CountOwner(key->second));
+      }
+    }
+  }
+  return response;
+}
+
+v1::GetStatsResponse Broker::Stats() const {
+  RegistryStats registry = registry_.Stats();
+  ResultCacheStats results = results_.Stats();
+  v1::GetStatsResponse stats;
+  stats.set_connections_live(registry.live);
+  stats.set_connections_created(registry.created);
+  stats.set_handles(registry.handles);
+  stats.set_evicted_ttl(registry.evicted_ttl);
+  stats.set_evicted_max_entries(registry.evicted_max_entries);
+  stats.set_connect_calls(counters_.connect_calls.load());
+  stats.set_queries(counters_.queries.load());
+  stats.set_executes(counters_.executes.load());
+  stats.set_backend_executions(counters_.backend_executions.load());
+  stats.set_result_cache_hits(results.hits);
+  stats.set_result_cache_misses(results.misses);
+  stats.set_result_cache_entries(results.entries);
+  stats.set_result_cache_bytes(results.bytes);
+  stats.set_single_flight_joins(results.joins);
+  stats.set_retries(counters_.retries.load());
+  stats.set_errors(counters_.errors.load());
+  stats.set_resets(counters_.resets.load());
+  stats.set_uptime_seconds(
+      absl::ToInt64Seconds(clock_->Now() - started_));
+  absl::Status load_error;
+  std::shared_ptr<const config::Secrets> secrets = CurrentSecrets(&load_error);
+  stats.set_config_error(std::string(load_error.message()));
+  if (secrets != nullptr) {
+    for (const std::string& file : secrets->files()) {
+      stats.add_secrets_files(file);
+    }
+  }
+  return stats;
+}
+
+void Broker::Upkeep() {
+  registry_.EvictExpired();
+  results_.EvictExpired();
+  for (const std::shared_ptr<Connection>& connection :
+       registry_.LiveConnections()) {
+    connection->database().CloseIdle();
+  }
+}
+
+}  // namespace connbroker::server

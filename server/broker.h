@@ -1,0 +1,98 @@
+// Broker: the daemon's handling of every call, free of gRPC.
+//
+// It resolves Connect requests against the secrets (config/), finds or builds
+// the shared connection (ConnectionRegistry), runs queries through the
+// result cache (QueryRun), and reports. The gRPC service is a thin shell that
+// moves requests to worker threads and calls in here; a test or another
+// transport could do the same. Thread-safe; calls may block (run them on
+// worker threads).
+#ifndef CONNBROKER_SERVER_BROKER_H_
+#define CONNBROKER_SERVER_BROKER_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "connbroker/config/broker_settings.h"
+#include "connbroker/config/secrets.h"
+#include "connbroker/config/spec.h"
+#include "connbroker/v1/broker.pb.h"
+#include "server/clock.h"
+#include "server/connection_registry.h"
+#include "server/query_run.h"
+#include "server/result_cache.h"
+
+namespace connbroker::server {
+
+class Broker {
+ public:
+  struct Options {
+    config::BrokerSettings settings;
+    std::vector<config::SecretsFile> secrets_files;
+    config::EnvLookup env;  // for env:VAR names
+    ConnectionRegistry::DatabaseFactory database_factory;
+  };
+
+  // Loads the secrets once; a failure does not stop the broker (it is
+  // reported by Connect and Stats until a reload succeeds).
+  Broker(Options options, const Clock* clock);
+
+  Broker(const Broker&) = delete;
+  Broker& operator=(const Broker&) = delete;
+
+  // Re-reads the secrets files. On failure the last good secrets stay in
+  // use and the error is reported; returns it.
+  absl::Status ReloadSecrets();
+
+  // `session` is the caller's connbroker-session id (may be empty).
+  absl::StatusOr<v1::ConnectResponse> Connect(const v1::ConnectRequest& request,
+                                              const std::string& session);
+  absl::StatusOr<std::unique_ptr<QueryRun>> StartQuery(
+      const v1::QueryRequest& request, const std::string& session,
+      absl::Time deadline);
+  absl::StatusOr<v1::ExecuteResponse> Execute(const v1::ExecuteRequest& request,
+                                              const std::string& session);
+  absl::StatusOr<v1::ResetResponse> Reset(const v1::ResetRequest& request,
+                                          const std::string& session);
+  v1::ListConnectionsResponse ListConnections() const;
+  v1::GetStatsResponse Stats() const;
+
+  // Counts a failed call (the service calls it once per error it returns).
+  void CountError() { counters_.errors.fetch_add(1); }
+
+  // Periodic upkeep (janitor): expire connections and results, close idle
+  // backends.
+  void Upkeep();
+
+  const config::BrokerSettings& settings() const { return settings_; }
+
+ private:
+  absl::StatusOr<ConnectOutcome> ConnectInternal(
+      const v1::ConnectRequest& request, const std::string& session);
+  absl::StatusOr<std::shared_ptr<Connection>> ResolveTarget(
+      const v1::Target& target, const std::string& session);
+  std::shared_ptr<const config::Secrets> CurrentSecrets(
+      absl::Status* load_error) const;
+
+  const config::BrokerSettings settings_;
+  const std::vector<config::SecretsFile> secrets_files_;
+  const config::EnvLookup env_;
+  const Clock* const clock_;
+  const absl::Time started_;
+
+  mutable absl::Mutex secrets_mu_;
+  std::shared_ptr<const config::Secrets> secrets_ ABSL_GUARDED_BY(secrets_mu_);
+  absl::Status secrets_error_ ABSL_GUARDED_BY(secrets_mu_);
+
+  ConnectionRegistry registry_;
+  ResultCache results_;
+  BrokerCounters counters_;
+};
+
+}  // namespace connbroker::server
+
+#endif  // CONNBROKER_SERVER_BROKER_H_

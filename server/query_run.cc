@@ -1,0 +1,257 @@
+// QueryRun: the reply of one Query call, from the result cache or a cursor.
+#include "server/query_run.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace connbroker::server {
+
+absl::StatusOr<std::unique_ptr<QueryRun>> QueryRun::Start(
+    std::shared_ptr<Connection> connection, std::string sql, v1::Params params,
+    absl::Duration ttl, const QueryLimits& limits, absl::Time deadline,
+    ResultCache* cache, BrokerCounters* counters, const Clock* clock) {
+  std::string owner = connection->key();
+  // The key holds every input the result depends on. chunk_rows is in it
+  // because a cached result is replayed in the batches it was cut into.
+  std::string key = absl::StrCat(owner, "\x1fsql\x1f", sql, "\x1fparams\x1f",
+                                 params.SerializeAsString(), "\x1fttl\x1f",
+                                 absl::FormatDuration(ttl), "\x1f",
+                                 limits.chunk_rows, "\x1f", limits.batch_bytes);
+  connection->CountQuery();
+  std::unique_ptr<QueryRun> run(new QueryRun(
+      std::move(connection), std::move(sql), std::move(params), limits,
+      counters, clock));
+  if (ttl <= absl::ZeroDuration()) {
+    absl::Status opened = run->OpenCursorWithRetry();
+    if (!opened.ok()) return opened;
+    return run;
+  }
+  // The deterministic serialisation of Params (maps sorted) keeps equal
+  // params equal in the key.
+  absl::StatusOr<ResultCache::Lookup> lookup =
+      cache->GetOrLead(key, owner, deadline);
+  if (!lookup.ok()) return lookup.status();
+  if (lookup->result != nullptr) {
+    run->replay_ = std::move(lookup->result);
+    run->schema_ = run->replay_->schema;
+    run->from_cache_ = true;
+    return run;
+  }
+  absl::Status led = run->LeadFlight(std::move(lookup->flight), ttl,
+                                     cache->max_entry_bytes());
+  if (!led.ok()) return led;
+  return run;
+}
+
+QueryRun::QueryRun(std::shared_ptr<Connection> connection, std::string sql,
+                   v1::Params params, const QueryLimits& limits,
+                   BrokerCounters* counters, const Clock* clock)
+    : connection_(std::move(connection)),
+      sql_(std::move(sql)),
+      params_(std::move(params)),
+      limits_(limits),
+      counters_(counters),
+      clock_(clock),
+      started_(clock->Now()) {}
+
+QueryRun::~QueryRun() {
+  std::unique_ptr<ResultCursor> cursor;
+  {
+    absl::MutexLock lock(&cursor_mu_);
+    cursor = std::move(cursor_);
+  }
+  // The cursor returns its backend to the pool as it is destroyed, outside
+  // the lock.
+}
+
+void QueryRun::Cancel() {
+  absl::MutexLock lock(&cursor_mu_);
+  cancelled_ = true;
+  if (cursor_ != nullptr) cursor_->Cancel();
+}
+
+absl::Status QueryRun::OpenCursorWithRetry() {
+  Database& database = connection_->database();
+  absl::Status last;
+  for (int attempt = 1; attempt <= limits_.max_attempts; ++attempt) {
+    if (attempt > 1) {
+      // As Streamlit's SQLConnection does: a broken backend is reset and
+      // the query tried again; SQL errors are never retried.
+      counters_->retries.fetch_add(1, std::memory_order_relaxed);
+      database.Reset();
+    }
+    {
+      absl::MutexLock lock(&cursor_mu_);
+      if (cancelled_) return absl::CancelledError("query cancelled");
+    }
+    ++backend_executions_;
+    counters_->backend_executions.fetch_add(1, std::memory_order_relaxed);
+    absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
+        database.Query(sql_, params_);
+    if (cursor.ok()) {
+      ResultCursor* raw = cursor->get();
+      {
+        absl::MutexLock lock(&cursor_mu_);
+        cursor_ = std::move(*cursor);
+        if (cancelled_) raw->Cancel();
+      }
+      // The first batch settles the column kinds the schema announces, and
+      // is where a broken backend usually shows.
+      v1::RowBatch first;
+      absl::StatusOr<bool> more = raw->Next(
+          limits_.chunk_rows, static_cast<size_t>(limits_.batch_bytes), &first);
+      if (more.ok()) {
+        schema_ = raw->schema();
+        cursor_has_more_ = *more;
+        if (first.row_count() > 0) {
+          buffered_.push_back(std::move(first));
+        }
+        return absl::OkStatus();
+      }
+      last = more.status();
+      absl::MutexLock lock(&cursor_mu_);
+      cursor_.reset();
+    } else {
+      last = cursor.status();
+    }
+    if (last.code() != absl::StatusCode::kUnavailable) return last;
+  }
+  return absl::Status(
+      last.code(), absl::StrCat(last.message(), " (after ",
+                                limits_.max_attempts, " attempts)"));
+}
+
+absl::StatusOr<bool> QueryRun::ReadBatch(v1::RowBatch* batch) {
+  ResultCursor* cursor;
+  {
+    absl::MutexLock lock(&cursor_mu_);
+    cursor = cursor_.get();
+  }
+  absl::StatusOr<bool> more = cursor->Next(
+      limits_.chunk_rows, static_cast<size_t>(limits_.batch_bytes), batch);
+  if (!more.ok()) return more.status();
+  cursor_has_more_ = *more;
+  if (!cursor_has_more_) {
+    // Give the backend back as soon as the result is exhausted, not when
+    // the client has read the last batch.
+    std::unique_ptr<ResultCursor> done;
+    absl::MutexLock lock(&cursor_mu_);
+    done = std::move(cursor_);
+  }
+  return cursor_has_more_;
+}
+
+absl::StatusOr<bool> QueryRun::Collect(CachedResult* collected,
+                                       int64_t max_bytes) {
+  collected->schema = schema_;
+  collected->bytes = static_cast<int64_t>(schema_.ByteSizeLong());
+  auto take = [&](v1::RowBatch batch) {
+    collected->row_count += batch.row_count();
+    collected->bytes += static_cast<int64_t>(batch.ByteSizeLong());
+    collected->batches.push_back(std::move(batch));
+  };
+  while (!buffered_.empty()) {
+    take(std::move(buffered_.front()));
+    buffered_.pop_front();
+  }
+  while (cursor_has_more_) {
+    if (collected->bytes > max_bytes) return false;
+    v1::RowBatch batch;
+    absl::StatusOr<bool> more = ReadBatch(&batch);
+    if (!more.ok()) return more.status();
+    if (batch.row_count() > 0) take(std::move(batch));
+  }
+  return collected->bytes <= max_bytes;
+}
+
+absl::Status QueryRun::LeadFlight(std::unique_ptr<ResultCache::Flight> flight,
+                                  absl::Duration ttl, int64_t max_entry_bytes) {
+  absl::Status opened = OpenCursorWithRetry();
+  if (!opened.ok()) {
+    // Every caller of this same query would meet the same SQL error or
+    // broken backend; a cancellation is this caller's own business.
+    if (opened.code() == absl::StatusCode::kCancelled ||
+        opened.code() == absl::StatusCode::kDeadlineExceeded) {
+      flight->Abandon();
+    } else {
+      flight->Fail(opened);
+    }
+    return opened;
+  }
+  auto collected = std::make_shared<CachedResult>();
+  absl::StatusOr<bool> fits = Collect(collected.get(), max_entry_bytes);
+  if (!fits.ok()) {
+    if (fits.status().code() == absl::StatusCode::kCancelled) {
+      flight->Abandon();
+    } else {
+      flight->Fail(fits.status());
+    }
+    return fits.status();
+  }
+  if (!*fits) {
+    // Too large to cache: stream what was read, then the rest of the cursor.
+    // The waiters run the query themselves.
+    flight->Abandon();
+    for (v1::RowBatch& batch : collected->batches) {
+      buffered_.push_back(std::move(batch));
+    }
+    return absl::OkStatus();
+  }
+  replay_ = collected;
+  flight->Publish(std::move(collected), ttl);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> QueryRun::Next(v1::QueryResponse* out) {
+  switch (phase_) {
+    case Phase::kSchema:
+      *out->mutable_schema() = schema_;
+      phase_ = Phase::kBatches;
+      return true;
+    case Phase::kBatches: {
+      v1::RowBatch* batch = out->mutable_batch();
+      if (replay_ != nullptr && replay_next_ < replay_->batches.size()) {
+        *batch = replay_->batches[replay_next_++];
+        rows_sent_ += batch->row_count();
+        return true;
+      }
+      if (!buffered_.empty()) {
+        *batch = std::move(buffered_.front());
+        buffered_.pop_front();
+        rows_sent_ += batch->row_count();
+        return true;
+      }
+      while (replay_ == nullptr && cursor_has_more_) {
+        absl::StatusOr<bool> more = ReadBatch(batch);
+        if (!more.ok()) {
+          out->Clear();
+          return more.status();
+        }
+        if (batch->row_count() > 0) {
+          rows_sent_ += batch->row_count();
+          return true;
+        }
+      }
+      out->clear_batch();
+      phase_ = Phase::kSummary;
+      [[fallthrough]];
+    }
+    case Phase::kSummary: {
+      v1::QuerySummary* summary = out->mutable_summary();
+      summary->set_row_count(rows_sent_);
+      summary->set_from_cache(from_cache_);
+      summary->set_elapsed_micros(
+          absl::ToInt64Microseconds(clock_->Now() - started_));
+      summary->set_backend_executions(backend_executions_);
+      summary->set_handle(connection_->handle());
+      phase_ = Phase::kDone;
+      return true;
+    }
+    case Phase::kDone:
+      return false;
+  }
+  return false;
+}
+
+}  // namespace connbroker::server

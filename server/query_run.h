@@ -1,0 +1,114 @@
+// QueryRun: one Query call's reply, produced message by message.
+//
+// A run yields the reply stream in order -- the schema, the row batches, the
+// summary -- from one of three sources: a cached result (a hit, or a result
+// shared by an identical query in flight), a result this run computed as the
+// single-flight leader, or a live cursor streaming straight from the
+// database. Pulling one message at a time lets the service write a batch and
+// produce the next only when the client has taken it, so memory stays
+// bounded by one batch for uncached queries.
+//
+// Next() does database work and may block: call it from a worker thread, one
+// call at a time. Cancel() may be called from any thread.
+#ifndef CONNBROKER_SERVER_QUERY_RUN_H_
+#define CONNBROKER_SERVER_QUERY_RUN_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "connbroker/v1/broker.pb.h"
+#include "server/clock.h"
+#include "server/connection.h"
+#include "server/result_cache.h"
+
+namespace connbroker::server {
+
+// Counters shared by every call of one broker.
+struct BrokerCounters {
+  std::atomic<int64_t> connect_calls{0};
+  std::atomic<int64_t> queries{0};
+  std::atomic<int64_t> executes{0};
+  std::atomic<int64_t> backend_executions{0};
+  std::atomic<int64_t> retries{0};
+  std::atomic<int64_t> errors{0};
+  std::atomic<int64_t> resets{0};
+};
+
+// How a run cuts and retries.
+struct QueryLimits {
+  int chunk_rows = 1024;
+  int64_t batch_bytes = 1 << 20;
+  int max_attempts = 3;
+};
+
+class QueryRun {
+ public:
+  // Starts the query: looks the result up in `cache` when `ttl` is positive
+  // (waiting for an identical query in flight until `deadline`), else opens
+  // a cursor. Errors before the first message are returned here.
+  static absl::StatusOr<std::unique_ptr<QueryRun>> Start(
+      std::shared_ptr<Connection> connection, std::string sql,
+      v1::Params params, absl::Duration ttl, const QueryLimits& limits,
+      absl::Time deadline, ResultCache* cache, BrokerCounters* counters,
+      const Clock* clock);
+
+  ~QueryRun();
+
+  // Fills `out` with the next message. Returns false, leaving `out` alone,
+  // once the summary has been produced.
+  absl::StatusOr<bool> Next(v1::QueryResponse* out);
+
+  // Interrupts the database work of this run, if any.
+  void Cancel();
+
+ private:
+  QueryRun(std::shared_ptr<Connection> connection, std::string sql,
+           v1::Params params, const QueryLimits& limits, BrokerCounters* counters,
+           const Clock* clock);
+
+  // Opens a cursor and reads its first batch, resetting the backends and
+  // retrying while the backend is broken (UNAVAILABLE), up to max_attempts.
+  absl::Status OpenCursorWithRetry();
+  // Reads the whole result into `collected` as the single-flight leader.
+  // Returns false when it grew past `max_bytes` (the rest stays in the
+  // cursor).
+  absl::StatusOr<bool> Collect(CachedResult* collected, int64_t max_bytes);
+  absl::StatusOr<bool> ReadBatch(v1::RowBatch* batch);
+  absl::Status LeadFlight(std::unique_ptr<ResultCache::Flight> flight,
+                          absl::Duration ttl, int64_t max_entry_bytes);
+
+  const std::shared_ptr<Connection> connection_;
+  const std::string sql_;
+  const v1::Params params_;
+  const QueryLimits limits_;
+  BrokerCounters* const counters_;
+  const Clock* const clock_;
+  const absl::Time started_;
+
+  // The source of the reply: `replay_` (a whole cached result) or
+  // `buffered_` batches followed by what `cursor_` still holds.
+  std::shared_ptr<const CachedResult> replay_;
+  size_t replay_next_ = 0;
+  v1::Schema schema_;
+  std::deque<v1::RowBatch> buffered_;
+  bool cursor_has_more_ = false;
+  bool from_cache_ = false;
+  int backend_executions_ = 0;
+  int64_t rows_sent_ = 0;
+  enum class Phase { kSchema, kBatches, kSummary, kDone } phase_ = Phase::kSchema;
+
+  absl::Mutex cursor_mu_;  // guards the pointer, not the cursor's use
+  std::unique_ptr<ResultCursor> cursor_ ABSL_GUARDED_BY(cursor_mu_);
+  bool cancelled_ ABSL_GUARDED_BY(cursor_mu_) = false;
+};
+
+}  // namespace connbroker::server
+
+#endif  // CONNBROKER_SERVER_QUERY_RUN_H_
