@@ -1,0 +1,251 @@
+// TOML reading: toml11's values and exceptions become Params and absl::Status.
+#include "connbroker/config/toml_loader.h"
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <toml.hpp>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "toml_internal.h"
+
+namespace connbroker::config {
+namespace {
+
+template <typename T>
+std::string StreamText(const T& v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+void Flatten(const toml::value& v, const std::string& key, Params& out) {
+  auto child = [&key](const std::string& part) {
+    return key.empty() ? part : absl::StrCat(key, ".", part);
+  };
+  switch (v.type()) {
+    case toml::value_t::boolean:
+      out[key] = v.as_boolean();
+      break;
+    case toml::value_t::integer:
+      out[key] = static_cast<int64_t>(v.as_integer());
+      break;
+    case toml::value_t::floating:
+      out[key] = static_cast<double>(v.as_floating());
+      break;
+    case toml::value_t::string:
+      out[key] = v.as_string().str;
+      break;
+    case toml::value_t::offset_datetime:
+      out[key] = StreamText(v.as_offset_datetime());
+      break;
+    case toml::value_t::local_datetime:
+      out[key] = StreamText(v.as_local_datetime());
+      break;
+    case toml::value_t::local_date:
+      out[key] = StreamText(v.as_local_date());
+      break;
+    case toml::value_t::local_time:
+      out[key] = StreamText(v.as_local_time());
+      break;
+    case toml::value_t::array: {
+      const auto& array = v.as_array();
+      for (size_t i = 0; i < array.size(); ++i) {
+        Flatten(array[i], child(absl::StrCat(i)), out);
+      }
+      break;
+    }
+    case toml::value_t::table:
+      for (const auto& [k, item] : v.as_table()) Flatten(item, child(k), out);
+      break;
+    case toml::value_t::empty:
+      break;
+  }
+}
+
+// One location of toml11's error art:
+//    12 | text of the line
+//       |     ^--- comment
+struct ArtLocation {
+  int line = 0;
+  int column = 0;
+  std::string comment;
+};
+
+// Reads the locations out of toml11's message. The line's own text is
+// skipped on purpose: it may hold a password.
+std::vector<ArtLocation> ParseArt(const std::vector<std::string>& lines) {
+  std::vector<ArtLocation> found;
+  for (size_t i = 0; i + 1 < lines.size(); ++i) {
+    absl::string_view number_line = lines[i];
+    const size_t bar = number_line.find(" | ");
+    if (bar == absl::string_view::npos) continue;
+    int line_number = 0;
+    if (!absl::SimpleAtoi(
+            absl::StripAsciiWhitespace(number_line.substr(0, bar)),
+            &line_number)) {
+      continue;
+    }
+    absl::string_view marker = lines[i + 1];
+    // The marker's " | " sits at the same offset as the number line's.
+    if (marker.size() < bar + 3 || marker.substr(bar, 3) != " | ") continue;
+    marker.remove_prefix(bar + 3);
+    const size_t start = marker.find_first_not_of(' ');
+    if (start == absl::string_view::npos) continue;
+    absl::string_view rest = marker.substr(start);
+    if (!absl::ConsumePrefix(&rest, "^---")) {
+      // An underline: ~~~~ comment.
+      const size_t end = rest.find_first_not_of('~');
+      if (end == 0) continue;
+      rest = end == absl::string_view::npos ? absl::string_view()
+                                            : rest.substr(end);
+    }
+    ArtLocation location;
+    location.line = line_number;
+    location.column = static_cast<int>(start) + 1;
+    location.comment = std::string(absl::StripAsciiWhitespace(rest));
+    found.push_back(std::move(location));
+    ++i;
+  }
+  return found;
+}
+
+// "<source>:<line>:<column>: <description>" from toml11's multi-line message.
+absl::Status SyntaxError(const toml::exception& e,
+                         const std::string& source_name) {
+  const std::vector<std::string> lines = absl::StrSplit(e.what(), '\n');
+  std::string description = lines.empty() ? "" : lines.front();
+  if (absl::StartsWith(description, "[error]")) description.erase(0, 7);
+  description = std::string(absl::StripAsciiWhitespace(description));
+  // "toml::parse_array: missing separator" -> "missing separator".
+  if (absl::StartsWith(description, "toml::")) {
+    if (size_t colon = description.find(": "); colon != std::string::npos) {
+      description = description.substr(colon + 2);
+    }
+  }
+  if (description.empty()) description = "syntax error";
+
+  // toml11 throws with the parser's position, which can be the start of the
+  // line; the art points at the offending token. Prefer the last art
+  // location on the thrown line (for "defined twice" errors the art also
+  // shows the first definition).
+  int line = static_cast<int>(e.location().line());
+  int column = static_cast<int>(e.location().column());
+  std::string comment;
+  const std::vector<ArtLocation> art = ParseArt(lines);
+  const ArtLocation* chosen = nullptr;
+  for (const ArtLocation& location : art) {
+    if (location.line == line) chosen = &location;
+  }
+  if (chosen == nullptr && !art.empty()) chosen = &art.back();
+  if (chosen != nullptr) {
+    line = chosen->line;
+    column = chosen->column;
+    comment = chosen->comment;
+  }
+  // "expected newline, but got 'x'." quotes a character of the line: drop
+  // the quote, keep the expectation.
+  if (size_t got = comment.find(", but got"); got != std::string::npos) {
+    comment.resize(got);
+  }
+  if (!comment.empty() && comment != "here" &&
+      comment.find_first_of("'\"") == std::string::npos) {
+    absl::StrAppend(&description, " (", comment, ")");
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(source_name, ":", line, ":", column, ": ", description));
+}
+
+absl::StatusOr<toml::value> ParseTomlValue(const std::string& text,
+                                           const std::string& source_name) {
+  std::istringstream stream(text);
+  try {
+    return toml::parse(stream, source_name);
+  } catch (const toml::exception& e) {
+    return SyntaxError(e, source_name);
+  } catch (const std::exception& e) {
+    // Not expected from an in-memory stream; keep what toml11 said without
+    // any source text.
+    const std::string what = e.what();
+    return absl::InvalidArgumentError(absl::StrCat(
+        source_name, ": cannot parse TOML: ", what.substr(0, what.find('\n'))));
+  }
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::exists(status)) {
+    return absl::NotFoundError(absl::StrCat(path, ": no such file"));
+  }
+  if (std::filesystem::is_directory(status)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, ": is a directory, not a TOML file"));
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, ": cannot open: ", std::strerror(errno)));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) {
+    return absl::FailedPreconditionError(absl::StrCat(path, ": read error"));
+  }
+  return text.str();
+}
+
+absl::StatusOr<toml::value> LoadTomlValue(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  return ParseTomlValue(*text, path);
+}
+
+}  // namespace
+
+absl::StatusOr<Params> ParseToml(const std::string& text,
+                                 const std::string& source_name) {
+  absl::StatusOr<toml::value> value = ParseTomlValue(text, source_name);
+  if (!value.ok()) return value.status();
+  Params params;
+  Flatten(*value, "", params);
+  return params;
+}
+
+absl::StatusOr<Params> LoadTomlFile(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  return ParseToml(*text, path);
+}
+
+namespace internal {
+
+absl::StatusOr<std::map<std::string, Params>> LoadTomlSubtables(
+    const std::string& path, const std::string& table) {
+  absl::StatusOr<toml::value> value = LoadTomlValue(path);
+  if (!value.ok()) return value.status();
+  std::map<std::string, Params> sections;
+  if (!value->is_table()) return sections;
+  const auto& root = value->as_table();
+  auto it = root.find(table);
+  if (it == root.end() || !it->second.is_table()) return sections;
+  for (const auto& [name, section] : it->second.as_table()) {
+    // Scalars directly under [connections] are not connections.
+    if (!section.is_table()) continue;
+    Params& params = sections[name];
+    Flatten(section, "", params);
+  }
+  return sections;
+}
+
+}  // namespace internal
+}  // namespace connbroker::config

@@ -1,0 +1,155 @@
+// Tests of the TOML loader: flattening, and errors that name file:line:column.
+#include "connbroker/config/toml_loader.h"
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "absl/status/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace connbroker::config {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::StartsWith;
+
+class TempDir {
+ public:
+  TempDir() {
+    path_ = std::filesystem::temp_directory_path() /
+            ("connbroker_toml_test_" + std::to_string(::getpid()) + "_" +
+             std::to_string(counter_++));
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  std::string Write(const std::string& name, const std::string& text) {
+    const std::filesystem::path file = path_ / name;
+    std::ofstream(file) << text;
+    return file.string();
+  }
+  std::string Path(const std::string& name) const {
+    return (path_ / name).string();
+  }
+
+ private:
+  static inline int counter_ = 0;
+  std::filesystem::path path_;
+};
+
+TEST(ParseTomlTest, FlattensTablesIntoDottedKeys) {
+  absl::StatusOr<Params> p = ParseToml(R"(
+top = "t"
+[connections.db]
+url = "sqlite:///a.db"
+[connections.db.create_engine_kwargs]
+pool_size = 3
+[connections.db.create_engine_kwargs.connect_args]
+timeout = 2.5
+)",
+                                       "mem");
+  ASSERT_TRUE(p.ok()) << p.status();
+  const Params expected = {
+      {"top", std::string("t")},
+      {"connections.db.url", std::string("sqlite:///a.db")},
+      {"connections.db.create_engine_kwargs.pool_size", int64_t{3}},
+      {"connections.db.create_engine_kwargs.connect_args.timeout", 2.5},
+  };
+  EXPECT_EQ(*p, expected);
+}
+
+TEST(ParseTomlTest, ScalarsArraysInlineTablesAndDates) {
+  absl::StatusOr<Params> p = ParseToml(R"(
+b = true
+i = -12
+f = 0.25
+s = 'lit'
+arr = [10, 20, "x"]
+inline = { a = 1, nested = { b = "c" } }
+dotted.key = 5
+odt = 1979-05-27T07:32:00Z
+ld = 1979-05-27
+lt = 07:32:00
+)",
+                                       "mem");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->at("b"), Value{true});
+  EXPECT_EQ(p->at("i"), Value{int64_t{-12}});
+  EXPECT_EQ(p->at("f"), Value{0.25});
+  EXPECT_EQ(p->at("s"), Value{std::string("lit")});
+  EXPECT_EQ(p->at("arr.0"), Value{int64_t{10}});
+  EXPECT_EQ(p->at("arr.1"), Value{int64_t{20}});
+  EXPECT_EQ(p->at("arr.2"), Value{std::string("x")});
+  EXPECT_FALSE(p->contains("arr"));
+  EXPECT_EQ(p->at("inline.a"), Value{int64_t{1}});
+  EXPECT_EQ(p->at("inline.nested.b"), Value{std::string("c")});
+  EXPECT_EQ(p->at("dotted.key"), Value{int64_t{5}});
+  EXPECT_EQ(p->at("odt"), Value{std::string("1979-05-27T07:32:00Z")});
+  EXPECT_EQ(p->at("ld"), Value{std::string("1979-05-27")});
+  EXPECT_EQ(p->at("lt"), Value{std::string("07:32:00")});
+  EXPECT_EQ(p->size(), 13u);
+}
+
+struct SyntaxCase {
+  const char* text;
+  int line;
+  int column;
+};
+
+class SyntaxErrorTest : public ::testing::TestWithParam<SyntaxCase> {};
+
+TEST_P(SyntaxErrorTest, NamesLineAndColumnWithoutTheLine) {
+  TempDir dir;
+  const std::string path = dir.Write("bad.toml", GetParam().text);
+  absl::StatusOr<Params> p = LoadTomlFile(path);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string prefix = path + ":" + std::to_string(GetParam().line) +
+                             ":" + std::to_string(GetParam().column) + ": ";
+  EXPECT_THAT(std::string(p.status().message()), StartsWith(prefix));
+  // The message is one line, and has none of the file's secrets.
+  EXPECT_THAT(std::string(p.status().message()), Not(HasSubstr("\n")));
+  EXPECT_THAT(std::string(p.status().message()), Not(HasSubstr("hunter2")));
+  EXPECT_GT(p.status().message().size(), prefix.size());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Crafted, SyntaxErrorTest,
+    ::testing::Values(
+        // An unquoted password: the error points at its first character.
+        SyntaxCase{"[connections.db]\nurl = \"x\"\npassword = hunter2pw\n", 3,
+                   12},
+        // Missing '=' where it belongs (column 9, after the key).
+        SyntaxCase{"a = 1\npassword hunter2\n", 2, 9},
+        // A key defined twice: the second definition.
+        SyntaxCase{"password = 'hunter2'\npassword = 'hunter2b'\n", 2, 12},
+        // Trailing text after a value.
+        SyntaxCase{"x = 1\n  pw = 'hunter2' trailing\n", 2, 18}));
+
+TEST(LoadTomlFileTest, MissingFileIsNotFoundNamingIt) {
+  TempDir dir;
+  const std::string path = dir.Path("absent.toml");
+  absl::StatusOr<Params> p = LoadTomlFile(path);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(p.status().message()), HasSubstr(path));
+}
+
+TEST(LoadTomlFileTest, ReadsAFile) {
+  TempDir dir;
+  const std::string path = dir.Write("ok.toml", "[a]\nb = \"c\"\n");
+  absl::StatusOr<Params> p = LoadTomlFile(path);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(*p, (Params{{"a.b", std::string("c")}}));
+}
+
+TEST(ParseTomlTest, SourceNameStandsInForThePath) {
+  absl::StatusOr<Params> p = ParseToml("a = \n", "kwargs.toml");
+  ASSERT_FALSE(p.ok());
+  EXPECT_THAT(std::string(p.status().message()), StartsWith("kwargs.toml:1:"));
+}
+
+}  // namespace
+}  // namespace connbroker::config
