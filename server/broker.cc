@@ -6,8 +6,8 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
-#include "server/status_mapping.h"
 #include "server/logging.h"
+#include "server/status_mapping.h"
 
 namespace connbroker::server {
 namespace {
@@ -55,7 +55,8 @@ Broker::Broker(Options options, const Clock* clock)
 }
 
 absl::Status Broker::ReloadSecrets() {
-  absl::StatusOr<config::Secrets> loaded = config::Secrets::Load(secrets_files_);
+  absl::StatusOr<config::Secrets> loaded =
+      config::Secrets::Load(secrets_files_);
   absl::MutexLock lock(&secrets_mu_);
   if (!loaded.ok()) {
     secrets_error_ = loaded.status();
@@ -90,10 +91,10 @@ absl::StatusOr<ConnectOutcome> Broker::ConnectInternal(
             load_error.message())),
         v1::ErrorDetail::CONFIG);
   }
-  absl::StatusOr<config::ConnectionSpec> spec = config::ResolveSpec(
-      config::ConnectArgs{request.name(), request.type(),
-                          ToParams(request.kwargs())},
-      *secrets, env_, settings_.pool);
+  absl::StatusOr<config::ConnectionSpec> spec =
+      config::ResolveSpec(config::ConnectArgs{request.name(), request.type(),
+                                              ToParams(request.kwargs())},
+                          *secrets, env_, settings_.pool);
   if (!spec.ok()) return WithReason(spec.status(), v1::ErrorDetail::CONFIG);
 
   CacheSettings cache;
@@ -143,8 +144,7 @@ absl::StatusOr<std::shared_ptr<Connection>> Broker::ResolveTarget(
           registry_.Get(target.handle());
       if (!connection.ok() &&
           connection.status().code() == absl::StatusCode::kNotFound) {
-        return WithReason(connection.status(),
-                          v1::ErrorDetail::UNKNOWN_HANDLE);
+        return WithReason(connection.status(), v1::ErrorDetail::UNKNOWN_HANDLE);
       }
       return connection;
     }
@@ -190,9 +190,9 @@ absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
                                                : settings_.default_chunk_rows;
   limits.batch_bytes = settings_.batch_bytes;
   limits.max_attempts = settings_.max_attempts;
-  return QueryRun::Start(*std::move(connection), request.sql(),
-                         request.params(), ttl, limits, deadline, &results_,
-                         &counters_, clock_);
+  return std::make_unique<QueryRun>(*std::move(connection), request.sql(),
+                                    request.params(), ttl, limits, deadline,
+                                    &results_, &counters_, clock_);
 }
 
 absl::StatusOr<v1::ExecuteResponse> Broker::Execute(
@@ -291,8 +291,7 @@ v1::GetStatsResponse Broker::Stats() const {
   stats.set_retries(counters_.retries.load());
   stats.set_errors(counters_.errors.load());
   stats.set_resets(counters_.resets.load());
-  stats.set_uptime_seconds(
-      absl::ToInt64Seconds(clock_->Now() - started_));
+  stats.set_uptime_seconds(absl::ToInt64Seconds(clock_->Now() - started_));
   absl::Status load_error;
   std::shared_ptr<const config::Secrets> secrets = CurrentSecrets(&load_error);
   stats.set_config_error(std::string(load_error.message()));

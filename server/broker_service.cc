@@ -7,8 +7,8 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "server/status_mapping.h"
 #include "server/logging.h"
+#include "server/status_mapping.h"
 
 namespace connbroker::server {
 namespace {
@@ -94,8 +94,8 @@ grpc::ServerUnaryReactor* BrokerService::ListConnections(
 }
 
 grpc::ServerUnaryReactor* BrokerService::GetStats(
-    grpc::CallbackServerContext* context, const v1::GetStatsRequest* /*request*/,
-    v1::GetStatsResponse* response) {
+    grpc::CallbackServerContext* context,
+    const v1::GetStatsRequest* /*request*/, v1::GetStatsResponse* response) {
   return RunUnary(context, "GetStats", [=, this]() -> absl::Status {
     *response = broker_->Stats();
     return absl::OkStatus();
@@ -135,8 +135,9 @@ class BrokerService::QueryReactor final
 
  private:
   void Start() {
-    absl::StatusOr<std::unique_ptr<QueryRun>> run = service_->broker_->StartQuery(
-        *request_, SessionOf(*context_), DeadlineOf(*context_));
+    absl::StatusOr<std::unique_ptr<QueryRun>> run =
+        service_->broker_->StartQuery(*request_, SessionOf(*context_),
+                                      DeadlineOf(*context_));
     if (!run.ok()) {
       FinishWith(run.status());
       return;

@@ -28,9 +28,9 @@
 #include "server/drivers/database.h"
 #include "server/janitor.h"
 #include "server/listen_address.h"
+#include "server/logging.h"
 #include "server/worker_pool.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
-#include "server/logging.h"
 
 namespace connbroker::server {
 namespace {
@@ -107,7 +107,8 @@ Flags ParseFlags(int argc, char** argv) {
 std::vector<config::SecretsFile> SecretsFiles(
     const Flags& flags, const config::BrokerSettings& settings) {
   config::SecretsDiscovery discovery;
-  discovery.flag_paths = flags.secrets.empty() ? settings.secrets : flags.secrets;
+  discovery.flag_paths =
+      flags.secrets.empty() ? settings.secrets : flags.secrets;
   if (const char* env = std::getenv("CONNBROKER_SECRETS")) {
     discovery.env_value = env;
   }

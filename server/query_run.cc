@@ -4,56 +4,65 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 
 namespace connbroker::server {
+namespace {
 
-absl::StatusOr<std::unique_ptr<QueryRun>> QueryRun::Start(
-    std::shared_ptr<Connection> connection, std::string sql, v1::Params params,
-    absl::Duration ttl, const QueryLimits& limits, absl::Time deadline,
-    ResultCache* cache, BrokerCounters* counters, const Clock* clock) {
-  std::string owner = connection->key();
-  // The key holds every input the result depends on. chunk_rows is in it
-  // because a cached result is replayed in the batches it was cut into.
-  std::string key = absl::StrCat(owner, "\x1fsql\x1f", sql, "\x1fparams\x1f",
-                                 params.SerializeAsString(), "\x1fttl\x1f",
-                                 absl::FormatDuration(ttl), "\x1f",
-                                 limits.chunk_rows, "\x1f", limits.batch_bytes);
-  connection->CountQuery();
-  std::unique_ptr<QueryRun> run(new QueryRun(
-      std::move(connection), std::move(sql), std::move(params), limits,
-      counters, clock));
-  if (ttl <= absl::ZeroDuration()) {
-    absl::Status opened = run->OpenCursorWithRetry();
-    if (!opened.ok()) return opened;
-    return run;
-  }
-  // The deterministic serialisation of Params (maps sorted) keeps equal
-  // params equal in the key.
-  absl::StatusOr<ResultCache::Lookup> lookup =
-      cache->GetOrLead(key, owner, deadline);
-  if (!lookup.ok()) return lookup.status();
-  if (lookup->result != nullptr) {
-    run->replay_ = std::move(lookup->result);
-    run->schema_ = run->replay_->schema;
-    run->from_cache_ = true;
-    return run;
-  }
-  absl::Status led = run->LeadFlight(std::move(lookup->flight), ttl,
-                                     cache->max_entry_bytes());
-  if (!led.ok()) return led;
-  return run;
+// Protobuf maps serialise in no fixed order unless asked to; a cache key
+// needs equal named params to give equal bytes.
+std::string DeterministicBytes(const google::protobuf::Message& message) {
+  std::string bytes;
+  google::protobuf::io::StringOutputStream stream(&bytes);
+  google::protobuf::io::CodedOutputStream coded(&stream);
+  coded.SetSerializationDeterministic(true);
+  message.SerializeToCodedStream(&coded);
+  coded.Trim();
+  return bytes;
 }
 
+}  // namespace
+
 QueryRun::QueryRun(std::shared_ptr<Connection> connection, std::string sql,
-                   v1::Params params, const QueryLimits& limits,
-                   BrokerCounters* counters, const Clock* clock)
+                   v1::Params params, absl::Duration ttl,
+                   const QueryLimits& limits, absl::Time deadline,
+                   ResultCache* cache, BrokerCounters* counters,
+                   const Clock* clock)
     : connection_(std::move(connection)),
       sql_(std::move(sql)),
       params_(std::move(params)),
+      ttl_(ttl),
       limits_(limits),
+      deadline_(deadline),
+      cache_(cache),
       counters_(counters),
       clock_(clock),
-      started_(clock->Now()) {}
+      started_(clock->Now()) {
+  connection_->CountQuery();
+}
+
+absl::Status QueryRun::Begin() {
+  if (ttl_ <= absl::ZeroDuration()) return OpenCursorWithRetry();
+  const std::string& owner = connection_->key();
+  // The key holds every input the result depends on. Params serialise
+  // deterministically; chunk_rows is in the key because
+  // a cached result is replayed in the batches it was cut into.
+  std::string key = absl::StrCat(
+      owner, "\x1fsql\x1f", sql_, "\x1fparams\x1f", DeterministicBytes(params_),
+      "\x1fttl\x1f", absl::FormatDuration(ttl_), "\x1f", limits_.chunk_rows,
+      "\x1f", limits_.batch_bytes);
+  absl::StatusOr<ResultCache::Lookup> lookup =
+      cache_->GetOrLead(key, owner, deadline_);
+  if (!lookup.ok()) return lookup.status();
+  if (lookup->result != nullptr) {
+    replay_ = std::move(lookup->result);
+    schema_ = replay_->schema;
+    from_cache_ = true;
+    return absl::OkStatus();
+  }
+  return LeadFlight(std::move(lookup->flight), ttl_, cache_->max_entry_bytes());
+}
 
 QueryRun::~QueryRun() {
   std::unique_ptr<ResultCursor> cursor;
@@ -117,9 +126,9 @@ absl::Status QueryRun::OpenCursorWithRetry() {
     }
     if (last.code() != absl::StatusCode::kUnavailable) return last;
   }
-  return absl::Status(
-      last.code(), absl::StrCat(last.message(), " (after ",
-                                limits_.max_attempts, " attempts)"));
+  return absl::Status(last.code(),
+                      absl::StrCat(last.message(), " (after ",
+                                   limits_.max_attempts, " attempts)"));
 }
 
 absl::StatusOr<bool> QueryRun::ReadBatch(v1::RowBatch* batch) {
@@ -205,6 +214,12 @@ absl::Status QueryRun::LeadFlight(std::unique_ptr<ResultCache::Flight> flight,
 
 absl::StatusOr<bool> QueryRun::Next(v1::QueryResponse* out) {
   switch (phase_) {
+    case Phase::kBegin: {
+      absl::Status begun = Begin();
+      if (!begun.ok()) return begun;
+      phase_ = Phase::kSchema;
+      [[fallthrough]];
+    }
     case Phase::kSchema:
       *out->mutable_schema() = schema_;
       phase_ = Phase::kBatches;

@@ -50,29 +50,28 @@ struct QueryLimits {
 
 class QueryRun {
  public:
-  // Starts the query: looks the result up in `cache` when `ttl` is positive
-  // (waiting for an identical query in flight until `deadline`), else opens
-  // a cursor. Errors before the first message are returned here.
-  static absl::StatusOr<std::unique_ptr<QueryRun>> Start(
-      std::shared_ptr<Connection> connection, std::string sql,
-      v1::Params params, absl::Duration ttl, const QueryLimits& limits,
-      absl::Time deadline, ResultCache* cache, BrokerCounters* counters,
-      const Clock* clock);
+  // Prepares the query; nothing runs until the first Next(), so that the
+  // run can be cancelled from the moment it exists. When `ttl` is positive
+  // the result is looked up in `cache` (waiting for an identical query in
+  // flight until `deadline`), else a cursor streams it.
+  QueryRun(std::shared_ptr<Connection> connection, std::string sql,
+           v1::Params params, absl::Duration ttl, const QueryLimits& limits,
+           absl::Time deadline, ResultCache* cache, BrokerCounters* counters,
+           const Clock* clock);
 
   ~QueryRun();
 
-  // Fills `out` with the next message. Returns false, leaving `out` alone,
-  // once the summary has been produced.
+  // Fills `out` with the next message: the first call runs the query (or
+  // finds its result) and returns its error, if any. Returns false, leaving
+  // `out` alone, once the summary has been produced.
   absl::StatusOr<bool> Next(v1::QueryResponse* out);
 
   // Interrupts the database work of this run, if any.
   void Cancel();
 
  private:
-  QueryRun(std::shared_ptr<Connection> connection, std::string sql,
-           v1::Params params, const QueryLimits& limits, BrokerCounters* counters,
-           const Clock* clock);
-
+  // The first Next(): cache lookup, single flight, or a cursor.
+  absl::Status Begin();
   // Opens a cursor and reads its first batch, resetting the backends and
   // retrying while the backend is broken (UNAVAILABLE), up to max_attempts.
   absl::Status OpenCursorWithRetry();
@@ -87,7 +86,10 @@ class QueryRun {
   const std::shared_ptr<Connection> connection_;
   const std::string sql_;
   const v1::Params params_;
+  const absl::Duration ttl_;
   const QueryLimits limits_;
+  const absl::Time deadline_;
+  ResultCache* const cache_;
   BrokerCounters* const counters_;
   const Clock* const clock_;
   const absl::Time started_;
@@ -102,7 +104,8 @@ class QueryRun {
   bool from_cache_ = false;
   int backend_executions_ = 0;
   int64_t rows_sent_ = 0;
-  enum class Phase { kSchema, kBatches, kSummary, kDone } phase_ = Phase::kSchema;
+  enum class Phase { kBegin, kSchema, kBatches, kSummary, kDone };
+  Phase phase_ = Phase::kBegin;
 
   absl::Mutex cursor_mu_;  // guards the pointer, not the cursor's use
   std::unique_ptr<ResultCursor> cursor_ ABSL_GUARDED_BY(cursor_mu_);

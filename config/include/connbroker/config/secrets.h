@@ -25,10 +25,10 @@ struct SecretsFile {
 
 // Where to look, as given to the daemon.
 struct SecretsDiscovery {
-  std::vector<std::string> flag_paths;      // --secrets, repeatable, in order
-  std::optional<std::string> env_value;     // $CONNBROKER_SECRETS, ':'-separated
-  std::string working_directory;            // for ./.streamlit/secrets.toml
-  std::optional<std::string> home;          // for ~/.streamlit/secrets.toml
+  std::vector<std::string> flag_paths;   // --secrets, repeatable, in order
+  std::optional<std::string> env_value;  // $CONNBROKER_SECRETS, ':'-separated
+  std::string working_directory;         // for ./.streamlit/secrets.toml
+  std::optional<std::string> home;       // for ~/.streamlit/secrets.toml
 };
 
 // The files to read, lowest precedence first: the --secrets files if any

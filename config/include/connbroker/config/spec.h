@@ -23,7 +23,8 @@ namespace connbroker::config {
 // st.connection's first-party types.
 inline constexpr char kTypeSql[] = "sql";
 inline constexpr char kTypeSnowflake[] = "snowflake";
-inline constexpr char kTypeSnowflakeCallersRights[] = "snowflake-callers-rights";
+inline constexpr char kTypeSnowflakeCallersRights[] =
+    "snowflake-callers-rights";
 inline constexpr char kTypeSnowpark[] = "snowpark";
 
 enum class Scope { kGlobal, kSession };

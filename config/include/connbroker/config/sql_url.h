@@ -13,8 +13,8 @@
 namespace connbroker::config {
 
 struct SqlTarget {
-  std::string dialect;   // "sqlite", "postgresql", "mysql", "mariadb"
-  std::string driver;    // after '+', e.g. "psycopg2"; may be empty
+  std::string dialect;  // "sqlite", "postgresql", "mysql", "mariadb"
+  std::string driver;   // after '+', e.g. "psycopg2"; may be empty
   std::string username;
   std::string password;  // a secret: never in Describe()
   std::string host;
@@ -35,7 +35,8 @@ struct SqlTarget {
   friend bool operator==(const SqlTarget&, const SqlTarget&) = default;
 };
 
-// Parses "dialect[+driver]://[user[:password]@][host][:port][/database][?k=v&...]".
+// Parses
+// "dialect[+driver]://[user[:password]@][host][:port][/database][?k=v&...]".
 // Percent-escapes in user, password and query are decoded. For sqlite,
 // "sqlite://" and "sqlite:///:memory:" are in-memory, "sqlite:///rel.db" is
 // relative to the daemon's working directory, "sqlite:////abs.db" absolute.

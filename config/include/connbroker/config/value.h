@@ -22,8 +22,8 @@ struct Blob {
 };
 
 // null, bool, int64, double, text, blob: the wire's Value, without protobuf.
-using Value = std::variant<std::monostate, bool, int64_t, double, std::string,
-                           Blob>;
+using Value =
+    std::variant<std::monostate, bool, int64_t, double, std::string, Blob>;
 
 // Dotted key -> value, sorted by key.
 using Params = std::map<std::string, Value>;
