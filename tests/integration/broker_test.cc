@@ -1,0 +1,364 @@
+// Integration tests: a real connbrokerd on a temporary Unix socket, driven by
+// separate connbroker client processes (and, where said, by the C++ client
+// library in this process). No fakes: real SQLite files, real sockets.
+#include <signal.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/integration/daemon_fixture.h"
+
+namespace connbroker::testing {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+constexpr char kPassword[] = "hunter2-s3cr3t";
+
+// A secrets file with a SQLite connection (file), an in-memory one, a
+// session-scoped one and a PostgreSQL one that carries a password.
+std::string SecretsToml(const std::string& dir) {
+  return absl::StrCat(R"([connections.app]
+type = "sql"
+url = "sqlite:///)",
+                      dir, R"(/app.db"
+
+[connections.mem]
+url = "sqlite://"
+type = "streamlit.connections.SQLConnection"
+
+[connections.private]
+type = "sql"
+dialect = "sqlite"
+database = ")",
+                      dir, R"(/private.db"
+scope = "session"
+
+[connections.secretive]
+type = "sql"
+url = "sqlite:///)",
+                      dir, R"(/secretive.db"
+password = ")",
+                      kPassword, R"("
+token = ")",
+                      kPassword, R"("
+
+[connections.warehouse]
+type = "sql"
+url = "postgresql://analyst:)",
+                      kPassword, R"(@db.internal:5432/warehouse"
+)");
+}
+
+class BrokerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    secrets_ = data_.WriteFile("secrets.toml", SecretsToml(data_.path()));
+    daemon_ = Daemon::Start({.secrets_files = {secrets_}});
+    ASSERT_NE(daemon_, nullptr);
+  }
+
+  ProcessResult Cli(const std::vector<std::string>& args) {
+    return daemon_->Cli(args);
+  }
+
+  // Runs a CLI command that must succeed and print JSON.
+  google::protobuf::Struct CliJson(std::vector<std::string> args) {
+    args.push_back("--format");
+    args.push_back("json");
+    ProcessResult result = Cli(args);
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    return ParseJson(result.out);
+  }
+
+  TempDir data_;
+  std::string secrets_;
+  std::unique_ptr<Daemon> daemon_;
+};
+
+TEST_F(BrokerTest, TwoClientProcessesShareOneConnection) {
+  google::protobuf::Struct first = CliJson({"connect", "app"});
+  google::protobuf::Struct second = CliJson({"connect", "app"});
+  EXPECT_FALSE(Text(first, "handle").empty());
+  EXPECT_EQ(Text(first, "handle"), Text(second, "handle"));
+  EXPECT_TRUE(first.fields().at("created").bool_value());
+  EXPECT_FALSE(second.fields().at("created").bool_value());
+  EXPECT_EQ(Text(first, "type"), "sql");
+
+  google::protobuf::Struct stats = daemon_->Stats();
+  EXPECT_EQ(Number(stats, "connections_live"), 1);
+  EXPECT_EQ(Number(stats, "connections_created"), 1);
+  EXPECT_EQ(Number(stats, "connect_calls"), 2);
+}
+
+TEST_F(BrokerTest, KwargsOrderAndTypeAliasGiveTheSameConnection) {
+  google::protobuf::Struct a =
+      CliJson({"connect", "mem", "--kwarg", "query.x=1", "--kwarg", "pool=2"});
+  google::protobuf::Struct b =
+      CliJson({"connect", "mem", "--kwarg", "pool=2", "--kwarg", "query.x=1"});
+  google::protobuf::Struct c = CliJson({"connect", "mem", "--kwarg", "pool=3"});
+  EXPECT_EQ(Text(a, "handle"), Text(b, "handle"));
+  EXPECT_NE(Text(a, "handle"), Text(c, "handle"));
+}
+
+TEST_F(BrokerTest, QueryReturnsTypedColumnsAcrossBatches) {
+  ASSERT_EQ(Cli({"execute", "app",
+                 "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, x REAL)"})
+                .exit_code,
+            0);
+  ASSERT_EQ(Cli({"execute", "app",
+                 "WITH RECURSIVE s(v) AS (SELECT 1 UNION ALL SELECT v + 1 "
+                 "FROM s WHERE v < 2500) "
+                 "INSERT INTO t (name, x) SELECT 'n' || v, v * 0.5 FROM s"})
+                .exit_code,
+            0);
+  google::protobuf::Struct result = CliJson(
+      {"query", "app", "SELECT id, name, x FROM t WHERE id > ? ORDER BY id",
+       "--param", "10", "--chunk-rows", "1000"});
+  EXPECT_EQ(Number(result, "row_count"), 2490);
+  const auto& rows = result.fields().at("rows").list_value();
+  ASSERT_EQ(rows.values_size(), 2490);
+  const auto& first = rows.values(0).list_value();
+  EXPECT_EQ(first.values(0).number_value(), 11);
+  EXPECT_EQ(first.values(1).string_value(), "n11");
+  EXPECT_EQ(first.values(2).number_value(), 5.5);
+  const auto& columns = result.fields().at("columns").list_value();
+  ASSERT_EQ(columns.values_size(), 3);
+  EXPECT_EQ(Text(columns.values(1).struct_value(), "name"), "name");
+  EXPECT_EQ(Text(columns.values(1).struct_value(), "type"), "TEXT");
+}
+
+TEST_F(BrokerTest, ResultCacheHitThenReset) {
+  ASSERT_EQ(Cli({"execute", "app", "CREATE TABLE c (v INTEGER)"}).exit_code, 0);
+  ASSERT_EQ(Cli({"execute", "app", "INSERT INTO c VALUES (1)"}).exit_code, 0);
+  google::protobuf::Struct miss =
+      CliJson({"query", "app", "SELECT sum(v) AS s FROM c", "--ttl", "600"});
+  EXPECT_FALSE(miss.fields().at("from_cache").bool_value());
+  ASSERT_EQ(Cli({"execute", "app", "INSERT INTO c VALUES (41)"}).exit_code, 0);
+  google::protobuf::Struct hit =
+      CliJson({"query", "app", "SELECT sum(v) AS s FROM c", "--ttl", "600"});
+  EXPECT_TRUE(hit.fields().at("from_cache").bool_value());
+  // The cached value, not the table's current one.
+  EXPECT_EQ(hit.fields()
+                .at("rows")
+                .list_value()
+                .values(0)
+                .list_value()
+                .values(0)
+                .number_value(),
+            1);
+  google::protobuf::Struct stats = daemon_->Stats();
+  EXPECT_EQ(Number(stats, "result_cache_hits"), 1);
+
+  ASSERT_EQ(Cli({"reset", "app"}).exit_code, 0);
+  google::protobuf::Struct after =
+      CliJson({"query", "app", "SELECT sum(v) AS s FROM c", "--ttl", "600"});
+  EXPECT_FALSE(after.fields().at("from_cache").bool_value());
+  EXPECT_EQ(after.fields()
+                .at("rows")
+                .list_value()
+                .values(0)
+                .list_value()
+                .values(0)
+                .number_value(),
+            42);
+}
+
+TEST_F(BrokerTest, SingleFlightRunsTheQueryOnce) {
+  // A query slow enough that the clients overlap; whether a client joins the
+  // flight or hits the cache afterwards, the database runs it once.
+  const std::string sql =
+      "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+      "WHERE i < 300000) SELECT count(*) AS c, sum(i) AS s FROM n";
+  double before = Number(daemon_->Stats(), "backend_executions");
+  constexpr int kClients = 8;
+  std::vector<std::unique_ptr<ChildProcess>> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.push_back(std::make_unique<ChildProcess>(
+        std::vector<std::string>{CONNBROKER_CLI_PATH, "query", "mem", sql,
+                                 "--ttl", "600", "--format", "json"},
+        std::map<std::string, std::string>{
+            {"CONNBROKER_TARGET", daemon_->target()}},
+        data_.path(), ""));
+  }
+  int from_database = 0;
+  for (auto& client : clients) {
+    ProcessResult result = client->Wait();
+    ASSERT_EQ(result.exit_code, 0) << result.err;
+    google::protobuf::Struct parsed = ParseJson(result.out);
+    EXPECT_EQ(parsed.fields()
+                  .at("rows")
+                  .list_value()
+                  .values(0)
+                  .list_value()
+                  .values(0)
+                  .number_value(),
+              300000);
+    if (!parsed.fields().at("from_cache").bool_value()) ++from_database;
+  }
+  EXPECT_EQ(from_database, 1);
+  google::protobuf::Struct stats = daemon_->Stats();
+  EXPECT_EQ(Number(stats, "backend_executions") - before, 1);
+  EXPECT_EQ(Number(stats, "result_cache_misses"), 1);
+  EXPECT_EQ(
+      Number(stats, "result_cache_hits") + Number(stats, "single_flight_joins"),
+      kClients - 1);
+}
+
+TEST_F(BrokerTest, MaxEntriesEvictsTheOldestAndHandlesSurvive) {
+  google::protobuf::Struct a =
+      CliJson({"connect", "mem", "--max-entries", "1", "--kwarg", "tag=a"});
+  google::protobuf::Struct b =
+      CliJson({"connect", "mem", "--max-entries", "1", "--kwarg", "tag=b"});
+  EXPECT_NE(Text(a, "handle"), Text(b, "handle"));
+  google::protobuf::Struct stats = daemon_->Stats();
+  EXPECT_EQ(Number(stats, "evicted_max_entries"), 1);
+  EXPECT_EQ(Number(stats, "connections_live"), 1);
+
+  google::protobuf::Struct listing = CliJson({"connections"});
+  int live = 0, evicted = 0;
+  for (const auto& row :
+       listing.fields().at("connections").list_value().values()) {
+    const auto& fields = row.struct_value().fields();
+    if (fields.at("handle").string_value() == Text(a, "handle")) {
+      EXPECT_FALSE(fields.at("live").bool_value());
+      ++evicted;
+    } else if (fields.at("handle").string_value() == Text(b, "handle")) {
+      EXPECT_TRUE(fields.at("live").bool_value());
+      ++live;
+    }
+  }
+  EXPECT_EQ(live, 1);
+  EXPECT_EQ(evicted, 1);
+
+  // The evicted handle still works: the connection is rebuilt (and, with
+  // max_entries 1, now evicts the other).
+  ProcessResult rebuilt =
+      Cli({"query", "--handle", Text(a, "handle"), "SELECT 7 AS seven"});
+  EXPECT_EQ(rebuilt.exit_code, 0) << rebuilt.err;
+  EXPECT_THAT(rebuilt.out, HasSubstr("7"));
+  EXPECT_EQ(Number(daemon_->Stats(), "evicted_max_entries"), 2);
+}
+
+TEST_F(BrokerTest, TtlEvictsTheConnectionAndTheHandleRebuildsIt) {
+  google::protobuf::Struct first =
+      CliJson({"connect", "mem", "--connect-ttl", "0.2"});
+  EXPECT_TRUE(first.fields().at("created").bool_value());
+  // Wait for the janitor to evict it: a condition with a deadline, not a
+  // sleep that hopes a race went one way.
+  double evicted = 0;
+  absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (evicted == 0 && absl::Now() < give_up) {
+    evicted = Number(daemon_->Stats(), "evicted_ttl");
+  }
+  ASSERT_EQ(evicted, 1) << "the connection was not evicted by its ttl";
+  google::protobuf::Struct again =
+      CliJson({"connect", "mem", "--connect-ttl", "0.2"});
+  EXPECT_TRUE(again.fields().at("created").bool_value());
+  EXPECT_EQ(Text(again, "handle"), Text(first, "handle"));
+}
+
+TEST_F(BrokerTest, ErrorsAreSpecificAndOthersKeepWorking) {
+  ProcessResult unknown = Cli({"query", "nope", "SELECT 1"});
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_THAT(unknown.err, HasSubstr("NOT_FOUND"));
+  EXPECT_THAT(unknown.err, HasSubstr("nope"));
+  EXPECT_THAT(unknown.err,
+              HasSubstr("app, mem, private, secretive, warehouse"));
+
+  ProcessResult bad_sql = Cli({"query", "app", "SELEC oops"});
+  EXPECT_EQ(bad_sql.exit_code, 1);
+  EXPECT_THAT(bad_sql.err, HasSubstr("INVALID_ARGUMENT"));
+  EXPECT_THAT(bad_sql.err, HasSubstr("syntax error"));
+
+  ProcessResult no_table = Cli({"query", "app", "SELECT * FROM missing_table"});
+  EXPECT_EQ(no_table.exit_code, 1);
+  EXPECT_THAT(no_table.err, HasSubstr("no such table: missing_table"));
+
+  ProcessResult no_driver = Cli({"connect", "warehouse"});
+  EXPECT_EQ(no_driver.exit_code, 1);
+  EXPECT_THAT(no_driver.err, HasSubstr("UNIMPLEMENTED"));
+  EXPECT_THAT(no_driver.err, HasSubstr("not built yet"));
+
+  ProcessResult bad_type = Cli({"connect", "app", "--type", "mongo"});
+  EXPECT_EQ(bad_type.exit_code, 1);
+  EXPECT_THAT(bad_type.err, HasSubstr("INVALID_ARGUMENT"));
+  EXPECT_THAT(bad_type.err, HasSubstr("sql"));
+
+  // The daemon still serves everyone.
+  ProcessResult ok = Cli({"query", "app", "SELECT 1 + 1 AS two"});
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_THAT(ok.out, HasSubstr("2"));
+  EXPECT_GE(Number(daemon_->Stats(), "errors"), 5);
+}
+
+TEST_F(BrokerTest, NoSecretInAnyReplyListingOrLog) {
+  ProcessResult connect = Cli({"connect", "secretive", "--format", "json"});
+  ASSERT_EQ(connect.exit_code, 0) << connect.err;
+  ProcessResult warehouse = Cli({"connect", "warehouse"});
+  ProcessResult with_kwarg =
+      Cli({"connect", "mem", "--kwarg", absl::StrCat("password=", kPassword)});
+  ProcessResult bad = Cli({"query", "secretive", "SELECT nonsense FROM x"});
+  ProcessResult listing = Cli({"connections", "--format", "json"});
+  ProcessResult stats = Cli({"stats", "--format", "json"});
+  for (const ProcessResult* result :
+       {&connect, &warehouse, &with_kwarg, &bad, &listing, &stats}) {
+    EXPECT_THAT(result->out, Not(HasSubstr(kPassword)));
+    EXPECT_THAT(result->err, Not(HasSubstr(kPassword)));
+  }
+  EXPECT_THAT(listing.out, HasSubstr("secretive"));
+  EXPECT_THAT(warehouse.err, HasSubstr("not built yet"));
+  std::string log = daemon_->Log();
+  EXPECT_THAT(log, HasSubstr("created"));  // it did log the connections
+  EXPECT_THAT(log, Not(HasSubstr(kPassword)));
+}
+
+TEST_F(BrokerTest, BrokenSecretsReloadKeepsTheLastGoodConfiguration) {
+  ASSERT_EQ(Cli({"query", "app", "SELECT 1"}).exit_code, 0);
+  data_.WriteFile("secrets.toml",
+                  "[connections.app]\ntype = \"sql\"\nurl = = \"oops\"\n");
+  double reloads_before = Number(daemon_->Stats(), "connect_calls");
+  daemon_->Signal(SIGHUP);
+  // The reload is done when stats report it (bounded wait on a condition).
+  std::string error;
+  absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (error.empty() && absl::Now() < give_up) {
+    error = Text(daemon_->Stats(), "config_error");
+  }
+  EXPECT_THAT(error, HasSubstr("secrets.toml:3:"));
+  ProcessResult still = Cli({"connect", "mem"});
+  EXPECT_EQ(still.exit_code, 0) << still.err;
+  EXPECT_GT(Number(daemon_->Stats(), "connect_calls"), reloads_before);
+}
+
+TEST(BrokerStartupTest, MalformedSecretsFileIsReportedWithLineAndColumn) {
+  TempDir data;
+  std::string secrets = data.WriteFile(
+      "secrets.toml",
+      "[connections.db]\ntype = \"sql\"\nurl = \"sqlite://\"\npassword = \n");
+  std::unique_ptr<Daemon> daemon = Daemon::Start({.secrets_files = {secrets}});
+  ASSERT_NE(daemon, nullptr);
+  ProcessResult result = daemon->Cli({"connect", "db"});
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.err, HasSubstr("FAILED_PRECONDITION"));
+  EXPECT_THAT(result.err, HasSubstr(secrets + ":4:"));
+  // Stats still answer, and say what is wrong.
+  EXPECT_THAT(Text(daemon->Stats(), "config_error"), HasSubstr(":4:"));
+}
+
+TEST(BrokerStartupTest, StopsGracefullyOnSigterm) {
+  std::unique_ptr<Daemon> daemon = Daemon::Start({});
+  ASSERT_NE(daemon, nullptr);
+  EXPECT_EQ(daemon->Stop(), 0);
+  EXPECT_THAT(daemon->Log(), HasSubstr("stopped"));
+}
+
+}  // namespace
+}  // namespace connbroker::testing
