@@ -52,18 +52,18 @@ struct ConnectionSnapshot {
   std::string description;
   config::Scope scope = config::Scope::kGlobal;
   CacheSettings settings;
-  bool live = false;            // cached now (false: evicted, handle valid)
-  absl::Time created;           // of the live connection
+  bool live = false;   // cached now (false: evicted, handle valid)
+  absl::Time created;  // of the live connection
   std::optional<absl::Time> expires;
-  int64_t queries = 0;          // of the live connection
-  int64_t joins = 0;            // Connects that returned this handle
-  v1::PoolStats pool;           // of the live connection
+  int64_t queries = 0;  // of the live connection
+  int64_t joins = 0;    // Connects that returned this handle
+  v1::PoolStats pool;   // of the live connection
 };
 
 struct RegistryStats {
   int64_t live = 0;
   int64_t handles = 0;
-  int64_t created = 0;          // connections built, rebuilds included
+  int64_t created = 0;  // connections built, rebuilds included
   int64_t evicted_ttl = 0;
   int64_t evicted_max_entries = 0;
 };

@@ -70,8 +70,8 @@ absl::StatusOr<std::string> PrepareListenAddress(const std::string& address) {
           absl::StrCat(path, " exists and is not a socket; not replacing it"));
     }
     if (SocketAnswers(path)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "another daemon is already serving on ", path));
+      return absl::FailedPreconditionError(
+          absl::StrCat("another daemon is already serving on ", path));
     }
     ::unlink(path.c_str());  // stale: its daemon is gone
   }

@@ -34,8 +34,8 @@ struct CachedResult {
 
 struct ResultCacheStats {
   int64_t hits = 0;
-  int64_t misses = 0;       // a leader was chosen
-  int64_t joins = 0;        // waited for a leader and shared its result
+  int64_t misses = 0;  // a leader was chosen
+  int64_t joins = 0;   // waited for a leader and shared its result
   int64_t entries = 0;
   int64_t bytes = 0;
 };

@@ -1,0 +1,815 @@
+// Tests of the SQLite driver (server/drivers/sqlite_database.cc) and of
+// OpenDatabase, against real SQLite files in a fresh temporary directory.
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "connbroker/config/spec.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/drivers/database.h"
+
+namespace connbroker::server {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+class SqliteDatabaseTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "sqlite_db_test.XXXXXX")
+            .string();
+    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string PathOf(const std::string& file) const {
+    return (std::filesystem::path(dir_) / file).string();
+  }
+
+  static config::ConnectionSpec Spec(const std::string& database,
+                                     int readers = 2) {
+    config::ConnectionSpec spec;
+    spec.name = "test";
+    spec.type = "sql";
+    spec.sql.dialect = "sqlite";
+    spec.sql.database = database;
+    spec.pool.readers = readers;
+    spec.pool.acquire_timeout = absl::Seconds(5);
+    spec.pool.busy_timeout = absl::Seconds(2);
+    return spec;
+  }
+
+  std::unique_ptr<Database> Open(const config::ConnectionSpec& spec) {
+    absl::StatusOr<std::unique_ptr<Database>> db = OpenDatabase(spec);
+    EXPECT_TRUE(db.ok()) << db.status();
+    return db.ok() ? std::move(*db) : nullptr;
+  }
+
+  std::unique_ptr<Database> OpenFile(const std::string& file = "app.db",
+                                     int readers = 2) {
+    return Open(Spec(PathOf(file), readers));
+  }
+
+  static void Exec(Database& db, const std::string& sql,
+                   const v1::Params& params = {}) {
+    absl::StatusOr<ExecuteResult> result = db.Execute(sql, params);
+    ASSERT_TRUE(result.ok()) << sql << ": " << result.status();
+  }
+
+  // Runs `sql` to the end; returns the batches (and each Next's answer).
+  struct Result {
+    std::vector<v1::RowBatch> batches;
+    std::vector<bool> more;
+    v1::Schema schema;
+    int64_t rows = 0;
+  };
+  static absl::StatusOr<Result> Run(Database& db, const std::string& sql,
+                                    const v1::Params& params = {},
+                                    int max_rows = 1000,
+                                    size_t max_bytes = 1 << 20) {
+    absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
+        db.Query(sql, params);
+    if (!cursor.ok()) return cursor.status();
+    Result result;
+    while (true) {
+      v1::RowBatch batch;
+      absl::StatusOr<bool> more = (*cursor)->Next(max_rows, max_bytes, &batch);
+      if (!more.ok()) return more.status();
+      result.rows += batch.row_count();
+      result.batches.push_back(std::move(batch));
+      result.more.push_back(*more);
+      if (!*more) break;
+      if (result.batches.size() > 100000) return absl::InternalError("loop");
+    }
+    result.schema = (*cursor)->schema();
+    return result;
+  }
+
+  static int64_t CountRows(Database& db, const std::string& table) {
+    absl::StatusOr<Result> result = Run(db, "SELECT count(*) FROM " + table);
+    EXPECT_TRUE(result.ok()) << result.status();
+    if (!result.ok()) return -1;
+    return result->batches[0].columns(0).int64s().values(0);
+  }
+
+  static v1::Value Int(int64_t v) {
+    v1::Value value;
+    value.set_int64_value(v);
+    return value;
+  }
+  static v1::Value Text(const std::string& v) {
+    v1::Value value;
+    value.set_text_value(v);
+    return value;
+  }
+
+  std::string dir_;
+};
+
+template <typename Repeated>
+std::vector<typename Repeated::value_type> ToVector(const Repeated& r) {
+  return std::vector<typename Repeated::value_type>(r.begin(), r.end());
+}
+
+TEST_F(SqliteDatabaseTest, TypedColumnsAndNulls) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  Exec(*db,
+       "CREATE TABLE t(id INTEGER NOT NULL, r REAL, s TEXT, b BLOB, z TEXT)");
+  absl::StatusOr<ExecuteResult> inserted = db->Execute(
+      "INSERT INTO t VALUES (1, 1.5, 'a', x'00ff', NULL),"
+      " (2, NULL, 'b', x'', NULL), (3, 3.25, 'c', x'01', NULL)",
+      {});
+  ASSERT_TRUE(inserted.ok()) << inserted.status();
+  EXPECT_EQ(inserted->rows_affected, 3);
+  EXPECT_EQ(inserted->last_insert_id, 3);
+
+  absl::StatusOr<Result> result =
+      Run(*db, "SELECT id, r, s, b, z, id * 2 AS twice FROM t ORDER BY id");
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->batches.size(), 1u);
+  EXPECT_THAT(result->more, ElementsAre(false));
+  const v1::RowBatch& batch = result->batches[0];
+  ASSERT_EQ(batch.row_count(), 3);
+  ASSERT_EQ(batch.columns_size(), 6);
+
+  const v1::Schema& schema = result->schema;
+  ASSERT_EQ(schema.columns_size(), 6);
+  EXPECT_EQ(schema.columns(0).name(), "id");
+  EXPECT_EQ(schema.columns(0).database_type(), "INTEGER");
+  EXPECT_EQ(schema.columns(0).kind(), v1::VALUE_KIND_INT64);
+  EXPECT_FALSE(schema.columns(0).nullable());
+  EXPECT_EQ(schema.columns(1).database_type(), "REAL");
+  EXPECT_EQ(schema.columns(1).kind(), v1::VALUE_KIND_DOUBLE);
+  EXPECT_TRUE(schema.columns(1).nullable());
+  EXPECT_EQ(schema.columns(2).kind(), v1::VALUE_KIND_TEXT);
+  EXPECT_EQ(schema.columns(3).kind(), v1::VALUE_KIND_BLOB);
+  EXPECT_EQ(schema.columns(4).kind(), v1::VALUE_KIND_NULL);
+  EXPECT_EQ(schema.columns(5).name(), "twice");
+  EXPECT_EQ(schema.columns(5).database_type(), "");
+  EXPECT_EQ(schema.columns(5).kind(), v1::VALUE_KIND_INT64);
+  EXPECT_TRUE(schema.columns(5).nullable());
+
+  const v1::ColumnVector& id = batch.columns(0);
+  ASSERT_EQ(id.values_case(), v1::ColumnVector::kInt64S);
+  EXPECT_THAT(ToVector(id.int64s().values()), ElementsAre(1, 2, 3));
+  EXPECT_EQ(id.nulls_size(), 0);
+
+  const v1::ColumnVector& r = batch.columns(1);
+  ASSERT_EQ(r.values_case(), v1::ColumnVector::kDoubles);
+  EXPECT_THAT(ToVector(r.doubles().values()), ElementsAre(1.5, 0.0, 3.25));
+  EXPECT_THAT(ToVector(r.nulls()), ElementsAre(false, true, false));
+
+  const v1::ColumnVector& s = batch.columns(2);
+  ASSERT_EQ(s.values_case(), v1::ColumnVector::kTexts);
+  EXPECT_THAT(ToVector(s.texts().values()), ElementsAre("a", "b", "c"));
+
+  const v1::ColumnVector& b = batch.columns(3);
+  ASSERT_EQ(b.values_case(), v1::ColumnVector::kBlobs);
+  EXPECT_THAT(ToVector(b.blobs().values()),
+              ElementsAre(std::string("\x00\xff", 2), "", "\x01"));
+  EXPECT_EQ(b.nulls_size(), 0);
+
+  const v1::ColumnVector& z = batch.columns(4);
+  EXPECT_EQ(z.values_case(), v1::ColumnVector::VALUES_NOT_SET);
+  EXPECT_THAT(ToVector(z.nulls()), ElementsAre(true, true, true));
+
+  EXPECT_THAT(ToVector(batch.columns(5).int64s().values()),
+              ElementsAre(2, 4, 6));
+}
+
+TEST_F(SqliteDatabaseTest, MixedStorageClassesTravelAsValues) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE m(v)");
+  Exec(*db, "INSERT INTO m VALUES (NULL), (1), (2.5), ('x'), (x'01'), (7)");
+  absl::StatusOr<Result> result = Run(*db, "SELECT v FROM m ORDER BY rowid");
+  ASSERT_TRUE(result.ok()) << result.status();
+  const v1::ColumnVector& v = result->batches[0].columns(0);
+  ASSERT_EQ(v.values_case(), v1::ColumnVector::kMixed);
+  ASSERT_EQ(v.mixed().values_size(), 6);
+  EXPECT_EQ(v.mixed().values(0).kind_case(), v1::Value::kNullValue);
+  EXPECT_EQ(v.mixed().values(1).int64_value(), 1);
+  EXPECT_EQ(v.mixed().values(2).double_value(), 2.5);
+  EXPECT_EQ(v.mixed().values(3).text_value(), "x");
+  EXPECT_EQ(v.mixed().values(4).blob_value(), "\x01");
+  EXPECT_EQ(v.mixed().values(5).int64_value(), 7);
+  EXPECT_THAT(ToVector(v.nulls()),
+              ElementsAre(true, false, false, false, false, false));
+  EXPECT_EQ(result->schema.columns(0).kind(), v1::VALUE_KIND_MIXED);
+  EXPECT_EQ(result->schema.columns(0).database_type(), "");
+
+  // A batch holding one class of the same column is typed again.
+  absl::StatusOr<Result> batched =
+      Run(*db, "SELECT v FROM m ORDER BY rowid", {}, /*max_rows=*/2);
+  ASSERT_TRUE(batched.ok()) << batched.status();
+  ASSERT_EQ(batched->batches.size(), 3u);
+  EXPECT_EQ(batched->batches[0].columns(0).values_case(),
+            v1::ColumnVector::kInt64S);
+  EXPECT_THAT(ToVector(batched->batches[0].columns(0).nulls()),
+              ElementsAre(true, false));
+  EXPECT_EQ(batched->batches[2].columns(0).values_case(),
+            v1::ColumnVector::kMixed);
+  EXPECT_EQ(batched->schema.columns(0).kind(), v1::VALUE_KIND_INT64);
+}
+
+TEST_F(SqliteDatabaseTest, InvalidUtf8TextTravelsAsBlob) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  absl::StatusOr<Result> result =
+      Run(*db, "SELECT CAST(x'ff41' AS TEXT), 'h\xc3\xa9'");
+  ASSERT_TRUE(result.ok()) << result.status();
+  const v1::RowBatch& batch = result->batches[0];
+  ASSERT_EQ(batch.columns(0).values_case(), v1::ColumnVector::kBlobs);
+  EXPECT_EQ(batch.columns(0).blobs().values(0), "\xff\x41");
+  ASSERT_EQ(batch.columns(1).values_case(), v1::ColumnVector::kTexts);
+  EXPECT_EQ(batch.columns(1).texts().values(0), "h\xc3\xa9");
+}
+
+constexpr char kCount2500[] =
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+    "WHERE x < 2500) SELECT x FROM c";
+
+TEST_F(SqliteDatabaseTest, BatchesByRows) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  absl::StatusOr<Result> result = Run(*db, kCount2500, {}, /*max_rows=*/1000);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->batches.size(), 3u);
+  EXPECT_EQ(result->batches[0].row_count(), 1000);
+  EXPECT_EQ(result->batches[1].row_count(), 1000);
+  EXPECT_EQ(result->batches[2].row_count(), 500);
+  EXPECT_THAT(result->more, ElementsAre(true, true, false));
+  // Rows arrive in order across batches.
+  int64_t expected = 1;
+  for (const v1::RowBatch& batch : result->batches) {
+    ASSERT_EQ(batch.columns(0).int64s().values_size(), batch.row_count());
+    for (int64_t v : batch.columns(0).int64s().values()) {
+      ASSERT_EQ(v, expected++);
+    }
+  }
+  EXPECT_EQ(expected, 2501);
+
+  // An exact multiple ends with the last full batch, not an empty one.
+  absl::StatusOr<Result> exact =
+      Run(*db,
+          "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+          "WHERE x < 2000) SELECT x FROM c",
+          {}, 1000);
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  EXPECT_THAT(exact->more, ElementsAre(true, false));
+  EXPECT_EQ(exact->rows, 2000);
+
+  // An empty result: one empty batch, columns present but without vectors.
+  absl::StatusOr<Result> empty = Run(*db, "SELECT 1 AS one WHERE 0");
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  ASSERT_EQ(empty->batches.size(), 1u);
+  EXPECT_EQ(empty->batches[0].row_count(), 0);
+  EXPECT_EQ(empty->batches[0].columns_size(), 1);
+  EXPECT_EQ(empty->schema.columns(0).kind(), v1::VALUE_KIND_NULL);
+}
+
+TEST_F(SqliteDatabaseTest, BatchesByBytes) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  // 100 rows of 100 characters; about 102 bytes a row on the wire.
+  absl::StatusOr<Result> result =
+      Run(*db,
+          "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+          "WHERE x < 100) SELECT printf('%0100d', x) FROM c",
+          {}, /*max_rows=*/1000, /*max_bytes=*/1000);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->rows, 100);
+  ASSERT_EQ(result->batches.size(), 10u);
+  for (const v1::RowBatch& batch : result->batches) {
+    EXPECT_EQ(batch.row_count(), 10);
+    EXPECT_EQ(batch.columns(0).texts().values(0).size(), 100u);
+  }
+  EXPECT_FALSE(result->more.back());
+
+  // A row bigger than max_bytes still travels, alone.
+  absl::StatusOr<Result> big =
+      Run(*db, "SELECT zeroblob(5000) UNION ALL SELECT zeroblob(5000)", {},
+          1000, 1000);
+  ASSERT_TRUE(big.ok()) << big.status();
+  ASSERT_EQ(big->batches.size(), 2u);
+  EXPECT_EQ(big->batches[0].row_count(), 1);
+}
+
+TEST_F(SqliteDatabaseTest, PositionalAndNamedParams) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE p(id INTEGER PRIMARY KEY, name TEXT, flag, data)");
+  v1::Params insert;
+  *insert.add_positional() = Int(7);
+  *insert.add_positional() = Text("seven");
+  insert.add_positional()->set_bool_value(true);
+  insert.add_positional()->set_blob_value(std::string("\0\1", 2));
+  Exec(*db, "INSERT INTO p VALUES (?, ?, ?, ?)", insert);
+  v1::Params insert2;
+  *insert2.add_positional() = Int(8);
+  *insert2.add_positional() = Text("eight");
+  insert2.add_positional()->set_null_value(v1::NULL_VALUE);
+  insert2.add_positional()->set_double_value(0.5);
+  Exec(*db, "INSERT INTO p VALUES (?1, ?2, ?3, ?4)", insert2);
+
+  v1::Params named;
+  (*named.mutable_named())["id"] = Int(7);
+  (*named.mutable_named())["@name"] = Text("seven");
+  (*named.mutable_named())["unused"] = Int(0);  // ignored
+  absl::StatusOr<Result> result =
+      Run(*db, "SELECT name, flag, data FROM p WHERE id = :id AND name = @name",
+          named);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->rows, 1);
+  EXPECT_EQ(result->batches[0].columns(0).texts().values(0), "seven");
+  EXPECT_EQ(result->batches[0].columns(1).int64s().values(0), 1);
+  EXPECT_EQ(result->batches[0].columns(2).blobs().values(0),
+            std::string("\0\1", 2));
+
+  v1::Params dollar;
+  (*dollar.mutable_named())["id"] = Int(8);
+  result = Run(*db, "SELECT flag, data, $id FROM p WHERE id = $id", dollar);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->rows, 1);
+  EXPECT_EQ(result->batches[0].columns(0).values_case(),
+            v1::ColumnVector::VALUES_NOT_SET);
+  EXPECT_EQ(result->batches[0].columns(1).doubles().values(0), 0.5);
+  EXPECT_EQ(result->batches[0].columns(2).int64s().values(0), 8);
+
+  v1::Params positional;
+  *positional.add_positional() = Int(8);
+  result = Run(*db, "SELECT name FROM p WHERE id = ?", positional);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->batches[0].columns(0).texts().values(0), "eight");
+}
+
+TEST_F(SqliteDatabaseTest, WrongParamsAreInvalidArgument) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  v1::Params one;
+  *one.add_positional() = Int(1);
+  absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
+      db->Query("SELECT ?, ?", one);
+  ASSERT_FALSE(cursor.ok());
+  EXPECT_EQ(cursor.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(cursor.status().message(),
+              HasSubstr("statement has 2 parameters, 1 given"));
+
+  cursor = db->Query("SELECT 1", one);
+  ASSERT_FALSE(cursor.ok());
+  EXPECT_THAT(cursor.status().message(),
+              HasSubstr("statement has 0 parameters, 1 given"));
+
+  v1::Params named;
+  (*named.mutable_named())["other"] = Int(1);
+  cursor = db->Query("SELECT :id", named);
+  ASSERT_FALSE(cursor.ok());
+  EXPECT_EQ(cursor.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(cursor.status().message(),
+              HasSubstr("no value for parameter :id"));
+
+  absl::StatusOr<ExecuteResult> executed =
+      db->Execute("CREATE TABLE x(a); INSERT INTO x VALUES (?)", one);
+  ASSERT_FALSE(executed.ok());
+  EXPECT_EQ(executed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(executed.status().message(), HasSubstr("one statement"));
+
+  // Nothing of the refused script ran.
+  EXPECT_FALSE(Run(*db, "SELECT * FROM x").ok());
+
+  // The pool is whole after the failures.
+  EXPECT_EQ(db->Stats().in_use(), 0);
+}
+
+TEST_F(SqliteDatabaseTest, BadSqlCarriesSqliteMessage) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
+      db->Query("SELECT * FROM nope", {});
+  ASSERT_FALSE(cursor.ok());
+  EXPECT_EQ(cursor.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(cursor.status().message(), HasSubstr("no such table: nope"));
+
+  cursor = db->Query("SELEC 1", {});
+  ASSERT_FALSE(cursor.ok());
+  EXPECT_EQ(cursor.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(cursor.status().message(), HasSubstr("syntax error"));
+
+  cursor = db->Query("SELECT 1; SELECT 2", {});
+  ASSERT_FALSE(cursor.ok());
+  EXPECT_EQ(cursor.status().code(), absl::StatusCode::kInvalidArgument);
+
+  // A constraint failure shows at run time.
+  Exec(*db, "CREATE TABLE u(a INTEGER UNIQUE)");
+  Exec(*db, "INSERT INTO u VALUES (1)");
+  absl::StatusOr<ExecuteResult> dup =
+      db->Execute("INSERT INTO u VALUES (1)", {});
+  ASSERT_FALSE(dup.ok());
+  EXPECT_EQ(dup.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(dup.status().message(), HasSubstr("UNIQUE constraint failed"));
+
+  // Foreign keys are on.
+  Exec(*db, "CREATE TABLE parent(id INTEGER PRIMARY KEY)");
+  Exec(*db, "CREATE TABLE child(p INTEGER REFERENCES parent(id))");
+  absl::StatusOr<ExecuteResult> orphan =
+      db->Execute("INSERT INTO child VALUES (42)", {});
+  ASSERT_FALSE(orphan.ok());
+  EXPECT_THAT(orphan.status().message(), HasSubstr("FOREIGN KEY"));
+}
+
+TEST_F(SqliteDatabaseTest, WritingQueryRunsOnTheWriter) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE w(id INTEGER PRIMARY KEY, v TEXT)");
+  v1::Params params;
+  *params.add_positional() = Text("hello");
+  absl::StatusOr<Result> result =
+      Run(*db, "INSERT INTO w(v) VALUES (?) RETURNING id, v", params);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->rows, 1);
+  EXPECT_EQ(result->batches[0].columns(0).int64s().values(0), 1);
+  EXPECT_EQ(result->batches[0].columns(1).texts().values(0), "hello");
+  EXPECT_EQ(CountRows(*db, "w"), 1);
+}
+
+TEST_F(SqliteDatabaseTest, ReadersSeeCommittedWritesInWal) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  absl::StatusOr<Result> mode = Run(*db, "PRAGMA journal_mode");
+  ASSERT_TRUE(mode.ok()) << mode.status();
+  EXPECT_EQ(mode->batches[0].columns(0).texts().values(0), "wal");
+
+  Exec(*db, "CREATE TABLE t(a)");
+  EXPECT_EQ(CountRows(*db, "t"), 0);
+  // The count ran on a reader: writer + one reader are open.
+  EXPECT_EQ(db->Stats().open(), 2);
+  Exec(*db, "INSERT INTO t VALUES (1), (2)");
+  EXPECT_EQ(CountRows(*db, "t"), 2);
+
+  // A reader in the middle of a result keeps its snapshot while the writer
+  // commits, and the next query sees the new rows.
+  absl::StatusOr<std::unique_ptr<ResultCursor>> open =
+      db->Query("SELECT a FROM t", {});
+  ASSERT_TRUE(open.ok()) << open.status();
+  v1::RowBatch batch;
+  ASSERT_TRUE((*open)->Next(1, 1 << 20, &batch).ok());
+  Exec(*db, "INSERT INTO t VALUES (3)");
+  EXPECT_EQ(CountRows(*db, "t"), 3);
+  open->reset();
+}
+
+TEST_F(SqliteDatabaseTest, ConcurrentQueriesNeverShareABackend) {
+  std::unique_ptr<Database> db = OpenFile("c.db", /*readers=*/2);
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE t(a)");
+  Exec(*db,
+       "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+       "WHERE x < 200) INSERT INTO t SELECT x FROM c");
+  std::atomic<int> failures{0};
+  std::atomic<int> over_limit{0};
+  std::atomic<int> queries{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 40; ++i) {
+        absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
+            db->Query("SELECT a FROM t ORDER BY a", {});
+        if (!cursor.ok()) {
+          ++failures;
+          continue;
+        }
+        int64_t rows = 0;
+        while (true) {
+          v1::RowBatch batch;
+          absl::StatusOr<bool> more = (*cursor)->Next(50, 1 << 20, &batch);
+          if (!more.ok()) {
+            ++failures;
+            break;
+          }
+          v1::PoolStats stats = db->Stats();
+          if (stats.in_use() > stats.max_size() ||
+              stats.open() > stats.max_size()) {
+            ++over_limit;
+          }
+          rows += batch.row_count();
+          if (!*more) break;
+        }
+        if (rows != 200) ++failures;
+        ++queries;
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(over_limit.load(), 0);
+  EXPECT_EQ(queries.load(), 320);
+  v1::PoolStats stats = db->Stats();
+  EXPECT_EQ(stats.max_size(), 3);
+  EXPECT_EQ(stats.in_use(), 0);
+  EXPECT_LE(stats.opened_total(), 3);
+  EXPECT_EQ(stats.acquire_timeouts(), 0);
+}
+
+TEST_F(SqliteDatabaseTest, AcquireTimeoutIsResourceExhausted) {
+  config::ConnectionSpec spec = Spec(PathOf("t.db"), /*readers=*/1);
+  spec.pool.acquire_timeout = absl::Milliseconds(50);
+  std::unique_ptr<Database> db = Open(spec);
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE t(a)");
+  Exec(*db, "INSERT INTO t VALUES (1), (2), (3)");
+
+  absl::StatusOr<std::unique_ptr<ResultCursor>> held =
+      db->Query("SELECT a FROM t", {});
+  ASSERT_TRUE(held.ok()) << held.status();
+  v1::RowBatch batch;
+  absl::StatusOr<bool> more = (*held)->Next(1, 1 << 20, &batch);
+  ASSERT_TRUE(more.ok());
+  ASSERT_TRUE(*more);
+  EXPECT_EQ(db->Stats().in_use(), 1);
+
+  absl::Time start = absl::Now();
+  absl::StatusOr<std::unique_ptr<ResultCursor>> second =
+      db->Query("SELECT a FROM t", {});
+  absl::Duration waited = absl::Now() - start;
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(second.status().message(),
+              HasSubstr("no free reader connection for test within 50ms"));
+  EXPECT_GE(waited, absl::Milliseconds(45));
+  EXPECT_EQ(db->Stats().acquire_timeouts(), 1);
+
+  // The writer is a pool of its own and still free.
+  Exec(*db, "INSERT INTO t VALUES (4)");
+
+  held->reset();
+  EXPECT_EQ(CountRows(*db, "t"), 4);
+}
+
+TEST_F(SqliteDatabaseTest, CancelInterruptsARunningQuery) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  absl::StatusOr<std::unique_ptr<ResultCursor>> cursor = db->Query(
+      "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+      "WHERE x < 1000000000) SELECT count(*) FROM c",
+      {});
+  ASSERT_TRUE(cursor.ok()) << cursor.status();
+  ResultCursor* raw = cursor->get();
+  absl::Notification started;
+  std::thread canceller([&] {
+    started.WaitForNotification();
+    absl::SleepFor(absl::Milliseconds(100));
+    raw->Cancel();
+  });
+  absl::Time start = absl::Now();
+  started.Notify();
+  v1::RowBatch batch;
+  absl::StatusOr<bool> more = raw->Next(1000, 1 << 20, &batch);
+  absl::Duration took = absl::Now() - start;
+  canceller.join();
+  ASSERT_FALSE(more.ok());
+  EXPECT_EQ(more.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_LT(took, absl::Seconds(10));
+  // The backend went back to the pool as the query failed.
+  EXPECT_EQ(db->Stats().in_use(), 0);
+  cursor->reset();
+
+  // The interrupted backend serves the next query.
+  absl::StatusOr<Result> next = Run(*db, "SELECT 42");
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->batches[0].columns(0).int64s().values(0), 42);
+
+  // Cancelled before the first Next: CANCELLED too, and stays so.
+  absl::StatusOr<std::unique_ptr<ResultCursor>> early =
+      db->Query("SELECT 1", {});
+  ASSERT_TRUE(early.ok());
+  (*early)->Cancel();
+  more = (*early)->Next(10, 1 << 20, &batch);
+  EXPECT_EQ(more.status().code(), absl::StatusCode::kCancelled);
+  more = (*early)->Next(10, 1 << 20, &batch);
+  EXPECT_EQ(more.status().code(), absl::StatusCode::kCancelled);
+}
+
+TEST_F(SqliteDatabaseTest, ResetClosesBackendsAndTheNextQueryReconnects) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE t(a)");
+  Exec(*db, "INSERT INTO t VALUES (1)");
+  EXPECT_EQ(CountRows(*db, "t"), 1);
+  ASSERT_EQ(db->Stats().open(), 2);
+
+  EXPECT_EQ(db->Reset(), 2);
+  EXPECT_EQ(db->Stats().open(), 0);
+  // A reader opens read-only on a file whose writer is closed.
+  EXPECT_EQ(CountRows(*db, "t"), 1);
+  Exec(*db, "INSERT INTO t VALUES (2)");
+  EXPECT_EQ(CountRows(*db, "t"), 2);
+  EXPECT_EQ(db->Stats().opened_total(), 4);
+
+  // A backend in use is counted, and closed when its cursor ends.
+  absl::StatusOr<std::unique_ptr<ResultCursor>> held =
+      db->Query("SELECT a FROM t", {});
+  ASSERT_TRUE(held.ok());
+  EXPECT_EQ(db->Reset(), 2);  // the idle writer and the held reader
+  EXPECT_EQ(db->Stats().open(), 1);
+  held->reset();
+  EXPECT_EQ(db->Stats().open(), 0);
+  EXPECT_EQ(CountRows(*db, "t"), 2);
+}
+
+TEST_F(SqliteDatabaseTest, CloseIdleClosesReadersOnly) {
+  config::ConnectionSpec spec = Spec(PathOf("i.db"));
+  spec.pool.idle_timeout = absl::ZeroDuration();
+  std::unique_ptr<Database> db = Open(spec);
+  ASSERT_NE(db, nullptr);
+  EXPECT_EQ(CountRows(*db, "sqlite_schema"), 0);
+  EXPECT_EQ(db->Stats().open(), 2);
+  db->CloseIdle();
+  EXPECT_EQ(db->Stats().open(), 1);
+
+  spec.pool.idle_timeout = absl::Hours(1);
+  std::unique_ptr<Database> kept = Open(spec);
+  ASSERT_NE(kept, nullptr);
+  EXPECT_EQ(CountRows(*kept, "sqlite_schema"), 0);
+  kept->CloseIdle();
+  EXPECT_EQ(kept->Stats().open(), 2);
+}
+
+TEST_F(SqliteDatabaseTest, InMemoryDatabaseSharesStateAcrossCalls) {
+  for (const std::string& database :
+       {std::string(""), std::string(":memory:")}) {
+    std::unique_ptr<Database> db = Open(Spec(database, /*readers=*/4));
+    ASSERT_NE(db, nullptr);
+    Exec(*db, "CREATE TABLE t(a)");
+    Exec(*db, "INSERT INTO t VALUES (1), (2)");
+    EXPECT_EQ(CountRows(*db, "t"), 2);
+    absl::StatusOr<Result> returning =
+        Run(*db, "INSERT INTO t VALUES (3) RETURNING a");
+    ASSERT_TRUE(returning.ok()) << returning.status();
+    EXPECT_EQ(CountRows(*db, "t"), 3);
+    v1::PoolStats stats = db->Stats();
+    EXPECT_EQ(stats.max_size(), 1);
+    EXPECT_EQ(stats.opened_total(), 1);
+  }
+}
+
+TEST_F(SqliteDatabaseTest, MissingFileIsCreatedMissingDirectoryIsUnavailable) {
+  std::string path = PathOf("new.db");
+  ASSERT_FALSE(std::filesystem::exists(path));
+  std::unique_ptr<Database> db = Open(Spec(path));
+  ASSERT_NE(db, nullptr);
+  EXPECT_TRUE(std::filesystem::exists(path));
+
+  std::string missing = PathOf("no/such/dir/app.db");
+  absl::StatusOr<std::unique_ptr<Database>> bad = OpenDatabase(Spec(missing));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(bad.status().message(),
+              HasSubstr("unable to open database file"));
+  EXPECT_THAT(bad.status().message(), HasSubstr(missing));
+}
+
+TEST_F(SqliteDatabaseTest, RelativePathIsRelativeToTheWorkingDirectory) {
+  std::filesystem::path before = std::filesystem::current_path();
+  std::filesystem::current_path(dir_);
+  {
+    std::unique_ptr<Database> db = Open(Spec("rel.db"));
+    ASSERT_NE(db, nullptr);
+    Exec(*db, "CREATE TABLE t(a)");
+  }
+  std::filesystem::current_path(before);
+  EXPECT_TRUE(std::filesystem::exists(PathOf("rel.db")));
+}
+
+TEST_F(SqliteDatabaseTest, ModeReadOnlyRefusesWrites) {
+  {
+    std::unique_ptr<Database> db = OpenFile("ro.db");
+    ASSERT_NE(db, nullptr);
+    Exec(*db, "CREATE TABLE t(a); INSERT INTO t VALUES (1)");
+  }
+  config::ConnectionSpec spec = Spec(PathOf("ro.db"));
+  spec.sql.query["mode"] = "ro";
+  spec.sql.query["check_same_thread"] = "false";  // unknown: ignored
+  std::unique_ptr<Database> db = Open(spec);
+  ASSERT_NE(db, nullptr);
+  EXPECT_EQ(CountRows(*db, "t"), 1);
+  absl::StatusOr<ExecuteResult> write =
+      db->Execute("INSERT INTO t VALUES (2)", {});
+  ASSERT_FALSE(write.ok());
+  EXPECT_EQ(write.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(write.status().message(), HasSubstr("readonly database"));
+
+  // mode=ro never creates a file.
+  config::ConnectionSpec absent = Spec(PathOf("absent.db"));
+  absent.sql.query["mode"] = "ro";
+  absl::StatusOr<std::unique_ptr<Database>> none = OpenDatabase(absent);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(std::filesystem::exists(PathOf("absent.db")));
+}
+
+TEST_F(SqliteDatabaseTest, ExecuteRunsScriptsAndCounts) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  absl::StatusOr<ExecuteResult> script = db->Execute(
+      "CREATE TABLE t(id INTEGER PRIMARY KEY, v);\n"
+      "-- a comment\n"
+      "INSERT INTO t(v) VALUES ('a'), ('b');\n"
+      "INSERT INTO t(v) VALUES ('c'); /* trailing */ ",
+      {});
+  ASSERT_TRUE(script.ok()) << script.status();
+  EXPECT_EQ(script->rows_affected, 3);
+  EXPECT_EQ(script->last_insert_id, 3);
+
+  absl::StatusOr<ExecuteResult> update =
+      db->Execute("UPDATE t SET v = 'z' WHERE id > 1", {});
+  ASSERT_TRUE(update.ok());
+  EXPECT_EQ(update->rows_affected, 2);
+
+  // A DDL statement reports no changes, not the last DML's count.
+  absl::StatusOr<ExecuteResult> ddl = db->Execute("CREATE TABLE u(a)", {});
+  ASSERT_TRUE(ddl.ok());
+  EXPECT_EQ(ddl->rows_affected, 0);
+
+  // A failing statement in a script names its position.
+  absl::StatusOr<ExecuteResult> failing =
+      db->Execute("INSERT INTO u VALUES (1); INSERT INTO nope VALUES (1)", {});
+  ASSERT_FALSE(failing.ok());
+  EXPECT_THAT(failing.status().message(), HasSubstr("statement 2"));
+  EXPECT_THAT(failing.status().message(), HasSubstr("no such table: nope"));
+  EXPECT_EQ(CountRows(*db, "u"), 1);  // the first ran (autocommit)
+}
+
+TEST_F(SqliteDatabaseTest, TransactionLeftOpenIsRolledBack) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE t(a)");
+  Exec(*db, "BEGIN; INSERT INTO t VALUES (1)");
+  EXPECT_EQ(CountRows(*db, "t"), 0);
+  // The writer is usable (not stuck in a transaction, not locked).
+  Exec(*db, "INSERT INTO t VALUES (2)");
+  EXPECT_EQ(CountRows(*db, "t"), 1);
+}
+
+TEST_F(SqliteDatabaseTest, CursorMayOutliveTheDatabase) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
+      db->Query(kCount2500, {});
+  ASSERT_TRUE(cursor.ok());
+  db.reset();
+  v1::RowBatch batch;
+  int64_t rows = 0;
+  while (true) {
+    absl::StatusOr<bool> more = (*cursor)->Next(1000, 1 << 20, &batch);
+    ASSERT_TRUE(more.ok()) << more.status();
+    rows += batch.row_count();
+    if (!*more) break;
+  }
+  EXPECT_EQ(rows, 2500);
+}
+
+TEST(OpenDatabaseTest, OtherDialectsAreNotBuiltYet) {
+  config::ConnectionSpec spec;
+  spec.name = "pg";
+  spec.type = "sql";
+  spec.sql.dialect = "postgresql";
+  spec.sql.host = "localhost";
+  spec.sql.database = "app";
+  absl::StatusOr<std::unique_ptr<Database>> db = OpenDatabase(spec);
+  ASSERT_FALSE(db.ok());
+  EXPECT_EQ(db.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(db.status().message(),
+              HasSubstr("postgresql driver is not built yet"));
+
+  spec.sql.dialect = "mysql";
+  db = OpenDatabase(spec);
+  EXPECT_EQ(db.status().code(), absl::StatusCode::kUnimplemented);
+
+  spec.sql.dialect = "oracle";
+  db = OpenDatabase(spec);
+  EXPECT_EQ(db.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(db.status().message(), HasSubstr("oracle"));
+
+  spec.type = "snowflake";
+  db = OpenDatabase(spec);
+  EXPECT_EQ(db.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace connbroker::server
