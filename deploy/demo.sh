@@ -28,11 +28,12 @@ done
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 echo "connbrokerd (pid $daemon) serving on $socket"
+echo; echo "# two separate client processes ask for the same connection:"
+echo "# the first creates it, the second joins it (same handle, created = false)"
+step "$cli" connect demo
+step "$cli" connect demo
 step "$cli" execute demo "CREATE TABLE IF NOT EXISTS trips (id INTEGER PRIMARY KEY, city TEXT, km REAL)"
 step "$cli" execute demo "INSERT INTO trips (city, km) VALUES ('Lisbon', 12.5), ('Porto', 7.25), ('Faro', NULL)"
-echo; echo "# two separate client processes ask for the same connection:"
-step "$cli" connect demo
-step "$cli" connect demo
 echo; echo "# a query cached for 60 s: the second run is served from the cache"
 step "$cli" query demo "SELECT city, km FROM trips ORDER BY id" --ttl 60
 step "$cli" query demo "SELECT city, km FROM trips ORDER BY id" --ttl 60
