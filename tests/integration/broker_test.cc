@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "absl/strings/match.h"
-#include "absl/time/clock.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/integration/daemon_fixture.h"
@@ -60,7 +60,7 @@ url = "postgresql://analyst:)",
 class BrokerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    secrets_ = data_.WriteFile("secrets.toml", SecretsToml(data_.path()));
+    secrets_ = data_.Write("secrets.toml", SecretsToml(data_.path()));
     daemon_ = Daemon::Start({.secrets_files = {secrets_}});
     ASSERT_NE(daemon_, nullptr);
   }
@@ -322,8 +322,8 @@ TEST_F(BrokerTest, NoSecretInAnyReplyListingOrLog) {
 
 TEST_F(BrokerTest, BrokenSecretsReloadKeepsTheLastGoodConfiguration) {
   ASSERT_EQ(Cli({"query", "app", "SELECT 1"}).exit_code, 0);
-  data_.WriteFile("secrets.toml",
-                  "[connections.app]\ntype = \"sql\"\nurl = = \"oops\"\n");
+  data_.Write("secrets.toml",
+              "[connections.app]\ntype = \"sql\"\nurl = = \"oops\"\n");
   double reloads_before = Number(daemon_->Stats(), "connect_calls");
   daemon_->Signal(SIGHUP);
   // The reload is done when stats report it (bounded wait on a condition).
@@ -340,7 +340,7 @@ TEST_F(BrokerTest, BrokenSecretsReloadKeepsTheLastGoodConfiguration) {
 
 TEST(BrokerStartupTest, MalformedSecretsFileIsReportedWithLineAndColumn) {
   TempDir data;
-  std::string secrets = data.WriteFile(
+  std::string secrets = data.Write(
       "secrets.toml",
       "[connections.db]\ntype = \"sql\"\nurl = \"sqlite://\"\npassword = \n");
   std::unique_ptr<Daemon> daemon = Daemon::Start({.secrets_files = {secrets}});

@@ -47,27 +47,6 @@ int next_output_id = 0;
 
 }  // namespace
 
-TempDir::TempDir() {
-  std::string pattern =
-      (std::filesystem::temp_directory_path() / "cbtest.XXXXXX").string();
-  // Socket paths must stay short (108 bytes), so the name is kept small.
-  char* made = ::mkdtemp(pattern.data());
-  EXPECT_NE(made, nullptr) << "mkdtemp failed";
-  path_ = pattern;
-}
-
-TempDir::~TempDir() {
-  std::error_code ignored;
-  std::filesystem::remove_all(path_, ignored);
-}
-
-std::string TempDir::WriteFile(const std::string& name,
-                               const std::string& text) const {
-  std::string path = path_ + "/" + name;
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
-  return path;
-}
-
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream buffer;

@@ -16,24 +16,9 @@
 #include <vector>
 
 #include "google/protobuf/struct.pb.h"
+#include "tests/testing/temp_dir.h"
 
 namespace connbroker::testing {
-
-// A directory removed (with its contents) when the object dies.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::string& path() const { return path_; }
-  // Writes `text` to path()/name and returns the full path.
-  std::string WriteFile(const std::string& name, const std::string& text) const;
-
- private:
-  std::string path_;
-};
 
 std::string ReadFile(const std::string& path);
 

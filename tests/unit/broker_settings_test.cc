@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/temp_dir.h"
 
 namespace connbroker::config {
 namespace {
@@ -20,23 +21,12 @@ using ::testing::StartsWith;
 
 class BrokerSettingsTest : public ::testing::Test {
  protected:
-  BrokerSettingsTest() {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("connbroker_settings_test_" + std::to_string(::getpid()) + "_" +
-            std::to_string(counter_++));
-    std::filesystem::create_directories(dir_);
-  }
-  ~BrokerSettingsTest() override { std::filesystem::remove_all(dir_); }
-
   std::string Write(const std::string& text) {
-    const std::string path = (dir_ / "broker.toml").string();
-    std::ofstream(path) << text;
-    return path;
+    return dir_.Write("broker.toml", text);
   }
 
  private:
-  static inline int counter_ = 0;
-  std::filesystem::path dir_;
+  testing::TempDir dir_;
 };
 
 TEST_F(BrokerSettingsTest, EmptyFileGivesDefaults) {

@@ -19,6 +19,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/drivers/database.h"
+#include "tests/testing/temp_dir.h"
 
 namespace connbroker::server {
 namespace {
@@ -28,18 +29,7 @@ using ::testing::HasSubstr;
 
 class SqliteDatabaseTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "sqlite_db_test.XXXXXX")
-            .string();
-    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
-  std::string PathOf(const std::string& file) const {
-    return (std::filesystem::path(dir_) / file).string();
-  }
+  std::string PathOf(const std::string& file) const { return dir_.Path(file); }
 
   static config::ConnectionSpec Spec(const std::string& database,
                                      int readers = 2) {
@@ -118,7 +108,7 @@ class SqliteDatabaseTest : public ::testing::Test {
     return value;
   }
 
-  std::string dir_;
+  testing::TempDir dir_;
 };
 
 template <typename Repeated>
@@ -686,7 +676,7 @@ TEST_F(SqliteDatabaseTest, MissingFileIsCreatedMissingDirectoryIsUnavailable) {
 
 TEST_F(SqliteDatabaseTest, RelativePathIsRelativeToTheWorkingDirectory) {
   std::filesystem::path before = std::filesystem::current_path();
-  std::filesystem::current_path(dir_);
+  std::filesystem::current_path(dir_.path());
   {
     std::unique_ptr<Database> db = Open(Spec("rel.db"));
     ASSERT_NE(db, nullptr);
