@@ -58,6 +58,11 @@ bool IsUnknownHandle(const grpc::Status& status,
          detail->reason() == v1::ErrorDetail::UNKNOWN_HANDLE;
 }
 
+ResetResult ToResetResult(const v1::ResetResponse& response) {
+  return ResetResult{response.handle(), response.backends_closed(),
+                     response.cached_results_dropped()};
+}
+
 v1::ConnectRequest ToConnectRequest(const ConnectOptions& options) {
   v1::ConnectRequest request;
   request.set_name(options.name);
@@ -152,14 +157,29 @@ class ClientCore {
                                                " is not reachable: ", why));
   }
 
-  absl::StatusOr<v1::ConnectResponse> Connect(const v1::ConnectRequest& request,
-                                              absl::Time deadline) const {
+  // Makes one unary call of `method`. When `unknown_handle` is given, it is
+  // set to whether the daemon answered that it does not know the handle.
+  template <typename Request, typename Response>
+  absl::StatusOr<Response> Call(
+      grpc::Status (v1::ConnectionBroker::Stub::*method)(grpc::ClientContext*,
+                                                         const Request&,
+                                                         Response*),
+      const Request& request, absl::Time deadline,
+      bool* unknown_handle = nullptr) const {
     grpc::ClientContext context;
     Prepare(context, deadline);
-    v1::ConnectResponse response;
-    grpc::Status status = stub_->Connect(&context, request, &response);
-    if (!status.ok()) return MapError(status, context);
-    return response;
+    Response response;
+    grpc::Status status = (stub_.get()->*method)(&context, request, &response);
+    if (status.ok()) return response;
+    if (unknown_handle != nullptr) {
+      *unknown_handle = IsUnknownHandle(status, context);
+    }
+    return MapError(status, context);
+  }
+
+  absl::StatusOr<v1::ConnectResponse> Connect(const v1::ConnectRequest& request,
+                                              absl::Time deadline) const {
+    return Call(&v1::ConnectionBroker::Stub::Connect, request, deadline);
   }
 
  private:
@@ -379,12 +399,11 @@ absl::StatusOr<ExecuteResult> Connection::Execute(
   absl::Status status = state_->RunWithRecovery(
       deadline, [&](const std::string& handle, bool* unknown_handle) {
         request.mutable_target()->set_handle(handle);
-        grpc::ClientContext context;
-        core.Prepare(context, deadline);
-        grpc::Status s = core.stub().Execute(&context, request, &response);
-        if (s.ok()) return absl::OkStatus();
-        *unknown_handle = IsUnknownHandle(s, context);
-        return core.MapError(s, context);
+        absl::StatusOr<v1::ExecuteResponse> answer =
+            core.Call(&v1::ConnectionBroker::Stub::Execute, request, deadline,
+                      unknown_handle);
+        if (answer.ok()) response = *std::move(answer);
+        return answer.status();
       });
   if (!status.ok()) return status;
   return ExecuteResult{response.rows_affected(), response.last_insert_id(),
@@ -399,16 +418,14 @@ absl::Status Connection::Reset(ResetResult* counts) const {
   absl::Status status = state_->RunWithRecovery(
       deadline, [&](const std::string& handle, bool* unknown_handle) {
         request.mutable_target()->set_handle(handle);
-        grpc::ClientContext context;
-        core.Prepare(context, deadline);
-        grpc::Status s = core.stub().Reset(&context, request, &response);
-        if (s.ok()) return absl::OkStatus();
-        *unknown_handle = IsUnknownHandle(s, context);
-        return core.MapError(s, context);
+        absl::StatusOr<v1::ResetResponse> answer =
+            core.Call(&v1::ConnectionBroker::Stub::Reset, request, deadline,
+                      unknown_handle);
+        if (answer.ok()) response = *std::move(answer);
+        return answer.status();
       });
   if (status.ok() && counts != nullptr) {
-    *counts = ResetResult{response.handle(), response.backends_closed(),
-                          response.cached_results_dropped()};
+    *counts = ToResetResult(response);
   }
   return status;
 }
@@ -454,36 +471,25 @@ Connection Client::Attach(const std::string& handle) const {
 }
 
 absl::StatusOr<v1::ListConnectionsResponse> Client::ListConnections() const {
-  grpc::ClientContext context;
-  core_->Prepare(context, core_->Deadline(std::nullopt));
-  v1::ListConnectionsResponse response;
-  grpc::Status status = core_->stub().ListConnections(
-      &context, v1::ListConnectionsRequest(), &response);
-  if (!status.ok()) return core_->MapError(status, context);
-  return response;
+  return core_->Call(&v1::ConnectionBroker::Stub::ListConnections,
+                     v1::ListConnectionsRequest(),
+                     core_->Deadline(std::nullopt));
 }
 
 absl::StatusOr<v1::GetStatsResponse> Client::Stats() const {
-  grpc::ClientContext context;
-  core_->Prepare(context, core_->Deadline(std::nullopt));
-  v1::GetStatsResponse response;
-  grpc::Status status =
-      core_->stub().GetStats(&context, v1::GetStatsRequest(), &response);
-  if (!status.ok()) return core_->MapError(status, context);
-  return response;
+  return core_->Call(&v1::ConnectionBroker::Stub::GetStats,
+                     v1::GetStatsRequest(), core_->Deadline(std::nullopt));
 }
 
 absl::StatusOr<ResetResult> Client::ResetHandle(
     const std::string& handle) const {
-  grpc::ClientContext context;
-  core_->Prepare(context, core_->Deadline(std::nullopt));
   v1::ResetRequest request;
   request.mutable_target()->set_handle(handle);
-  v1::ResetResponse response;
-  grpc::Status status = core_->stub().Reset(&context, request, &response);
-  if (!status.ok()) return core_->MapError(status, context);
-  return ResetResult{response.handle(), response.backends_closed(),
-                     response.cached_results_dropped()};
+  absl::StatusOr<v1::ResetResponse> response =
+      core_->Call(&v1::ConnectionBroker::Stub::Reset, request,
+                  core_->Deadline(std::nullopt));
+  if (!response.ok()) return response.status();
+  return ToResetResult(*response);
 }
 
 absl::Status Client::WaitForReady(absl::Duration timeout) const {
