@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "SQLiteCpp/SQLiteCpp.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -336,6 +337,46 @@ TEST_F(BrokerTest, BrokenSecretsReloadKeepsTheLastGoodConfiguration) {
   ProcessResult still = Cli({"connect", "mem"});
   EXPECT_EQ(still.exit_code, 0) << still.err;
   EXPECT_GT(Number(daemon_->Stats(), "connect_calls"), reloads_before);
+}
+
+TEST_F(BrokerTest, ABackendFailureIsRetriedAfterResetButSqlErrorsAreNot) {
+  // A short busy timeout, and another process (this one) holding SQLite's
+  // write lock: the daemon's writer fails with "database is locked", which
+  // it treats as a broken backend -- reset the pool, try again, 3 attempts.
+  const std::vector<std::string> fast = {
+      "--kwarg", "create_engine_kwargs.connect_args.timeout=0.05"};
+  auto with_fast = [&](std::vector<std::string> args) {
+    args.insert(args.end(), fast.begin(), fast.end());
+    return Cli(args);
+  };
+  ASSERT_EQ(
+      with_fast({"execute", "app", "CREATE TABLE w (v INTEGER)"}).exit_code, 0);
+  SQLite::Database holder(data_.path() + "/app.db", SQLite::OPEN_READWRITE);
+  holder.exec("BEGIN IMMEDIATE");
+  double retries_before = Number(daemon_->Stats(), "retries");
+  double runs_before = Number(daemon_->Stats(), "backend_executions");
+
+  ProcessResult locked =
+      with_fast({"query", "app", "INSERT INTO w VALUES (1) RETURNING v"});
+  EXPECT_EQ(locked.exit_code, 1);
+  EXPECT_THAT(locked.err, HasSubstr("UNAVAILABLE"));
+  EXPECT_THAT(locked.err, HasSubstr("database is locked"));
+  EXPECT_THAT(locked.err, HasSubstr("after 3 attempts"));
+  google::protobuf::Struct stats = daemon_->Stats();
+  EXPECT_EQ(Number(stats, "retries") - retries_before, 2);
+  EXPECT_EQ(Number(stats, "backend_executions") - runs_before, 3);
+
+  // An SQL error is the statement's fault: one attempt, no retry.
+  ProcessResult bad = with_fast({"query", "app", "SELECT * FROM nowhere"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_THAT(bad.err, HasSubstr("INVALID_ARGUMENT"));
+  EXPECT_EQ(Number(daemon_->Stats(), "retries") - retries_before, 2);
+
+  // Once the lock is gone the same statement goes through.
+  holder.exec("ROLLBACK");
+  ProcessResult freed =
+      with_fast({"query", "app", "INSERT INTO w VALUES (1) RETURNING v"});
+  EXPECT_EQ(freed.exit_code, 0) << freed.err;
 }
 
 TEST(BrokerStartupTest, MalformedSecretsFileIsReportedWithLineAndColumn) {
