@@ -189,7 +189,10 @@ int Run(int argc, char** argv) {
     spdlog::critical("cannot listen on {}", settings.listen);
     return 1;
   }
-  server->GetHealthCheckService()->SetServingStatus(true);
+  // Health checks may name the service (as Kubernetes probes do) or not.
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(v1::ConnectionBroker::service_full_name(), true);
+  health->SetServingStatus(true);
   if (socket_path->empty()) {
     spdlog::warn("listening on TCP {} without TLS or authentication",
                  settings.listen);
@@ -209,7 +212,7 @@ int Run(int argc, char** argv) {
     spdlog::info("{}: draining in-flight calls", strsignal(signal_number));
     break;
   }
-  server->GetHealthCheckService()->SetServingStatus(false);
+  health->SetServingStatus(false);  // probes see the drain at once
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
   server->Wait();
   if (!socket_path->empty()) ::unlink(socket_path->c_str());
