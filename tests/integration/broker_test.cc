@@ -172,6 +172,31 @@ TEST_F(BrokerTest, ResultCacheHitThenReset) {
             42);
 }
 
+TEST_F(BrokerTest, CachedResultExpiresAfterItsTtl) {
+  const std::vector<std::string> query = {"query", "mem", "SELECT 42 AS answer",
+                                          "--ttl", "0.3", "--format",
+                                          "json"};
+  ProcessResult first = Cli(query);
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_FALSE(ParseJson(first.out).fields().at("from_cache").bool_value());
+  ProcessResult second = Cli(query);
+  ASSERT_EQ(second.exit_code, 0) << second.err;
+  EXPECT_TRUE(ParseJson(second.out).fields().at("from_cache").bool_value());
+  // Ask until the answer comes from the database again (bounded): every
+  // answer before that must be the cached one, and exactly one more
+  // execution must happen once the ttl has passed.
+  double runs_before = Number(daemon_->Stats(), "backend_executions");
+  bool fresh = false;
+  absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (!fresh && absl::Now() < give_up) {
+    ProcessResult again = Cli(query);
+    ASSERT_EQ(again.exit_code, 0) << again.err;
+    fresh = !ParseJson(again.out).fields().at("from_cache").bool_value();
+  }
+  EXPECT_TRUE(fresh) << "the cached result never expired";
+  EXPECT_EQ(Number(daemon_->Stats(), "backend_executions") - runs_before, 1);
+}
+
 TEST_F(BrokerTest, SingleFlightRunsTheQueryOnce) {
   // A query slow enough that the clients overlap; whether a client joins the
   // flight or hits the cache afterwards, the database runs it once.
