@@ -122,7 +122,14 @@ class BrokerService::QueryReactor final
       FinishWith(absl::CancelledError("the client stopped reading"));
       return;
     }
-    service_->workers_->Submit([this] { Produce(); });
+    // A message the run already holds (schema, buffered or cached batches,
+    // the summary) is produced right here; only database reads go to a
+    // worker. A thread hop costs more than a small query.
+    if (producer_->NextNeedsDatabase()) {
+      service_->workers_->Submit([this] { Produce(); });
+    } else {
+      Produce();
+    }
   }
 
   void OnCancel() override {
@@ -158,7 +165,12 @@ class BrokerService::QueryReactor final
       FinishWith(more.status());
     } else if (!*more) {
       FinishWith(absl::OkStatus());
+    } else if (message_.has_summary()) {
+      // The last message: send it with the status in one go.
+      StartWriteAndFinish(&message_, grpc::WriteOptions(), grpc::Status::OK);
     } else {
+      // No buffer_hint here: a hinted write may not complete until a later
+      // write flushes it, and the next write waits for this one to complete.
       StartWrite(&message_);
     }
   }

@@ -212,6 +212,21 @@ absl::Status QueryRun::LeadFlight(std::unique_ptr<ResultCache::Flight> flight,
   return absl::OkStatus();
 }
 
+bool QueryRun::NextNeedsDatabase() const {
+  switch (phase_) {
+    case Phase::kBegin:
+      return true;
+    case Phase::kBatches:
+      if (replay_ != nullptr) return false;  // replays never read a cursor
+      return buffered_.empty() && cursor_has_more_;
+    case Phase::kSchema:
+    case Phase::kSummary:
+    case Phase::kDone:
+      return false;
+  }
+  return true;
+}
+
 absl::StatusOr<bool> QueryRun::Next(v1::QueryResponse* out) {
   switch (phase_) {
     case Phase::kBegin: {

@@ -66,6 +66,10 @@ class QueryRun {
   // `out` alone, once the summary has been produced.
   absl::StatusOr<bool> Next(v1::QueryResponse* out);
 
+  // True when the next Next() may touch the database (and so must run on a
+  // worker); false when it only copies out what the run already holds.
+  bool NextNeedsDatabase() const;
+
   // Interrupts the database work of this run, if any.
   void Cancel();
 
