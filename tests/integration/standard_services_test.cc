@@ -117,5 +117,26 @@ TEST(StandardServicesTest, SigtermLetsAnInFlightQueryFinish) {
   EXPECT_THAT(daemon->Log(), HasSubstr("draining in-flight calls"));
 }
 
+TEST(StandardServicesTest, ShippedExampleConfigsWork) {
+  // deploy/examples/ is what users copy: it must load and serve as is.
+  const std::string examples =
+      std::string(CONNBROKER_SOURCE_DIR) + "/deploy/examples/";
+  TempDir work;  // sqlite:///demo.db is relative to the daemon's directory
+  std::unique_ptr<Daemon> daemon =
+      Daemon::Start({.secrets_files = {examples + "secrets.toml"},
+                     .extra_args = {"--config", examples + "broker.toml"},
+                     .working_dir = work.path()});
+  ASSERT_NE(daemon, nullptr);
+  EXPECT_EQ(Text(daemon->Stats(), "config_error"), "");
+  ProcessResult demo = daemon->Cli({"query", "demo", "SELECT 1 AS one"});
+  EXPECT_EQ(demo.exit_code, 0) << demo.err;
+  ProcessResult by_type = daemon->Cli({"query", "sql", "SELECT 2 AS two"});
+  EXPECT_EQ(by_type.exit_code, 0) << by_type.err;
+  ProcessResult warehouse = daemon->Cli({"connect", "warehouse"});
+  EXPECT_EQ(warehouse.exit_code, 1);
+  EXPECT_THAT(warehouse.err, HasSubstr("UNIMPLEMENTED"));
+  EXPECT_THAT(warehouse.err, ::testing::Not(HasSubstr("change-me")));
+}
+
 }  // namespace
 }  // namespace connbroker::testing
