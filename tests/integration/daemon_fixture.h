@@ -64,9 +64,9 @@ google::protobuf::Struct ParseJson(const std::string& json);
 class Daemon {
  public:
   struct Options {
-    std::vector<std::string> secrets_files;
-    std::vector<std::string> extra_args;
-    std::string working_dir;  // default: the daemon's temporary directory
+    std::vector<std::string> secrets_files = {};
+    std::vector<std::string> extra_args = {};
+    std::string working_dir = "";  // default: the daemon's temporary directory
   };
 
   // Starts the daemon and waits until it answers on its socket.
