@@ -164,7 +164,7 @@ absl::StatusOr<std::shared_ptr<Connection>> Broker::ResolveTarget(
 
 absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
     const v1::QueryRequest& request, const std::string& session,
-    absl::Time deadline) {
+    std::function<void()> resume) {
   counters_.queries.fetch_add(1, std::memory_order_relaxed);
   if (request.sql().empty()) {
     return absl::InvalidArgumentError("the query has no sql");
@@ -191,8 +191,8 @@ absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
   limits.batch_bytes = settings_.batch_bytes;
   limits.max_attempts = settings_.max_attempts;
   return std::make_unique<QueryRun>(*std::move(connection), request.sql(),
-                                    request.params(), ttl, limits, deadline,
-                                    &results_, &counters_, clock_);
+                                    request.params(), ttl, limits, &results_,
+                                    &counters_, clock_, std::move(resume));
 }
 
 absl::StatusOr<v1::ExecuteResponse> Broker::Execute(

@@ -9,6 +9,7 @@
 #ifndef CONNBROKER_SERVER_BROKER_H_
 #define CONNBROKER_SERVER_BROKER_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,9 +52,10 @@ class Broker {
   // `session` is the caller's connbroker-session id (may be empty).
   absl::StatusOr<v1::ConnectResponse> Connect(const v1::ConnectRequest& request,
                                               const std::string& session);
+  // `resume`: see QueryRun.
   absl::StatusOr<std::unique_ptr<QueryRun>> StartQuery(
       const v1::QueryRequest& request, const std::string& session,
-      absl::Time deadline);
+      std::function<void()> resume);
   absl::StatusOr<v1::ExecuteResponse> Execute(const v1::ExecuteRequest& request,
                                               const std::string& session);
   absl::StatusOr<v1::ResetResponse> Reset(const v1::ResetRequest& request,

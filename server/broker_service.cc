@@ -15,14 +15,6 @@ namespace {
 
 constexpr char kSessionMetadata[] = "connbroker-session";
 
-absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
-  std::chrono::system_clock::time_point deadline = context.deadline();
-  if (deadline == std::chrono::system_clock::time_point::max()) {
-    return absl::InfiniteFuture();
-  }
-  return absl::FromChrono(deadline);
-}
-
 }  // namespace
 
 std::string SessionOf(const grpc::CallbackServerContext& context) {
@@ -142,9 +134,12 @@ class BrokerService::QueryReactor final
 
  private:
   void Start() {
+    // A run following another caller's identical query parks (kWaiting)
+    // instead of holding this worker; the cache's callback resumes it here.
     absl::StatusOr<std::unique_ptr<QueryRun>> run =
-        service_->broker_->StartQuery(*request_, SessionOf(*context_),
-                                      DeadlineOf(*context_));
+        service_->broker_->StartQuery(*request_, SessionOf(*context_), [this] {
+          service_->workers_->Submit([this] { Produce(); });
+        });
     if (!run.ok()) {
       FinishWith(run.status());
       return;
@@ -160,10 +155,12 @@ class BrokerService::QueryReactor final
 
   void Produce() {
     message_.Clear();
-    absl::StatusOr<bool> more = producer_->Next(&message_);
-    if (!more.ok()) {
-      FinishWith(more.status());
-    } else if (!*more) {
+    absl::StatusOr<QueryRun::Progress> progress = producer_->Next(&message_);
+    if (!progress.ok()) {
+      FinishWith(progress.status());
+    } else if (*progress == QueryRun::Progress::kWaiting) {
+      return;  // the run calls resume, which queues Produce again
+    } else if (*progress == QueryRun::Progress::kDone) {
       FinishWith(absl::OkStatus());
     } else if (message_.has_summary()) {
       // The last message: send it with the status in one go.

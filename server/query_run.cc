@@ -26,42 +26,95 @@ std::string DeterministicBytes(const google::protobuf::Message& message) {
 
 QueryRun::QueryRun(std::shared_ptr<Connection> connection, std::string sql,
                    v1::Params params, absl::Duration ttl,
-                   const QueryLimits& limits, absl::Time deadline,
-                   ResultCache* cache, BrokerCounters* counters,
-                   const Clock* clock)
+                   const QueryLimits& limits, ResultCache* cache,
+                   BrokerCounters* counters, const Clock* clock,
+                   std::function<void()> resume)
     : connection_(std::move(connection)),
       sql_(std::move(sql)),
       params_(std::move(params)),
       ttl_(ttl),
       limits_(limits),
-      deadline_(deadline),
       cache_(cache),
       counters_(counters),
       clock_(clock),
+      resume_(std::move(resume)),
       started_(clock->Now()) {
   connection_->CountQuery();
 }
 
-absl::Status QueryRun::Begin() {
-  if (ttl_ <= absl::ZeroDuration()) return OpenCursorWithRetry();
+absl::StatusOr<bool> QueryRun::Begin() {
+  if (ttl_ <= absl::ZeroDuration()) {
+    absl::Status opened = OpenCursorWithRetry();
+    if (!opened.ok()) return opened;
+    return true;
+  }
   const std::string& owner = connection_->key();
   // The key holds every input the result depends on. Params serialise
-  // deterministically; chunk_rows is in the key because
-  // a cached result is replayed in the batches it was cut into.
-  std::string key = absl::StrCat(
+  // deterministically; chunk_rows is in the key because a cached result is
+  // replayed in the batches it was cut into.
+  const std::string key = absl::StrCat(
       owner, "\x1fsql\x1f", sql_, "\x1fparams\x1f", DeterministicBytes(params_),
       "\x1fttl\x1f", absl::FormatDuration(ttl_), "\x1f", limits_.chunk_rows,
       "\x1f", limits_.batch_bytes);
-  absl::StatusOr<ResultCache::Lookup> lookup =
-      cache_->GetOrLead(key, owner, deadline_);
-  if (!lookup.ok()) return lookup.status();
-  if (lookup->result != nullptr) {
-    replay_ = std::move(lookup->result);
-    schema_ = replay_->schema;
-    from_cache_ = true;
-    return absl::OkStatus();
+  while (true) {
+    {
+      absl::MutexLock lock(&cursor_mu_);
+      if (cancelled_) return absl::CancelledError("query cancelled");
+      if (flight_done_) {
+        // The flight this run followed has ended: share its outcome, or,
+        // when its leader gave up, look again.
+        flight_done_ = false;
+        if (!flight_status_.ok()) return flight_status_;
+        if (flight_result_ != nullptr) {
+          replay_ = std::move(flight_result_);
+          schema_ = replay_->schema;
+          from_cache_ = true;
+          return true;
+        }
+      }
+    }
+    absl::StatusOr<ResultCache::Lookup> lookup = cache_->GetOrLeadAsync(
+        key, owner,
+        [this](std::shared_ptr<const CachedResult> result,
+               absl::Status status) {
+          OnFlightDone(std::move(result), std::move(status));
+        });
+    if (!lookup.ok()) return lookup.status();
+    if (lookup->result != nullptr) {
+      replay_ = std::move(lookup->result);
+      schema_ = replay_->schema;
+      from_cache_ = true;
+      return true;
+    }
+    if (lookup->flight != nullptr) {
+      absl::Status led = LeadFlight(std::move(lookup->flight), ttl_,
+                                    cache_->max_entry_bytes());
+      if (!led.ok()) return led;
+      return true;
+    }
+    // Following a flight. It may already have ended (OnFlightDone ran before
+    // this lock): then take its outcome now instead of waiting.
+    absl::MutexLock lock(&cursor_mu_);
+    if (!flight_done_) {
+      waiting_ = true;
+      return false;
+    }
   }
-  return LeadFlight(std::move(lookup->flight), ttl_, cache_->max_entry_bytes());
+}
+
+void QueryRun::OnFlightDone(std::shared_ptr<const CachedResult> result,
+                            absl::Status status) {
+  bool resume_now;
+  {
+    absl::MutexLock lock(&cursor_mu_);
+    flight_done_ = true;
+    flight_result_ = std::move(result);
+    flight_status_ = std::move(status);
+    // Resume only a run that is parked in kWaiting; a run still inside
+    // Begin() sees flight_done_ itself. Never both: one Next() at a time.
+    resume_now = std::exchange(waiting_, false);
+  }
+  if (resume_now) resume_();
 }
 
 QueryRun::~QueryRun() {
@@ -227,30 +280,31 @@ bool QueryRun::NextNeedsDatabase() const {
   return true;
 }
 
-absl::StatusOr<bool> QueryRun::Next(v1::QueryResponse* out) {
+absl::StatusOr<QueryRun::Progress> QueryRun::Next(v1::QueryResponse* out) {
   switch (phase_) {
     case Phase::kBegin: {
-      absl::Status begun = Begin();
-      if (!begun.ok()) return begun;
+      absl::StatusOr<bool> begun = Begin();
+      if (!begun.ok()) return begun.status();
+      if (!*begun) return Progress::kWaiting;
       phase_ = Phase::kSchema;
       [[fallthrough]];
     }
     case Phase::kSchema:
       *out->mutable_schema() = schema_;
       phase_ = Phase::kBatches;
-      return true;
+      return Progress::kMessage;
     case Phase::kBatches: {
       v1::RowBatch* batch = out->mutable_batch();
       if (replay_ != nullptr && replay_next_ < replay_->batches.size()) {
         *batch = replay_->batches[replay_next_++];
         rows_sent_ += batch->row_count();
-        return true;
+        return Progress::kMessage;
       }
       if (!buffered_.empty()) {
         *batch = std::move(buffered_.front());
         buffered_.pop_front();
         rows_sent_ += batch->row_count();
-        return true;
+        return Progress::kMessage;
       }
       while (replay_ == nullptr && cursor_has_more_) {
         absl::StatusOr<bool> more = ReadBatch(batch);
@@ -260,7 +314,7 @@ absl::StatusOr<bool> QueryRun::Next(v1::QueryResponse* out) {
         }
         if (batch->row_count() > 0) {
           rows_sent_ += batch->row_count();
-          return true;
+          return Progress::kMessage;
         }
       }
       out->clear_batch();
@@ -276,12 +330,12 @@ absl::StatusOr<bool> QueryRun::Next(v1::QueryResponse* out) {
       summary->set_backend_executions(backend_executions_);
       summary->set_handle(connection_->handle());
       phase_ = Phase::kDone;
-      return true;
+      return Progress::kMessage;
     }
     case Phase::kDone:
-      return false;
+      return Progress::kDone;
   }
-  return false;
+  return Progress::kDone;
 }
 
 }  // namespace connbroker::server

@@ -9,13 +9,16 @@
 // bounded by one batch for uncached queries.
 //
 // Next() does database work and may block: call it from a worker thread, one
-// call at a time. Cancel() may be called from any thread.
+// call at a time. It never blocks to wait for an identical query in flight:
+// it answers kWaiting and calls `resume` once the run can go on, so a
+// follower holds no thread. Cancel() may be called from any thread.
 #ifndef CONNBROKER_SERVER_QUERY_RUN_H_
 #define CONNBROKER_SERVER_QUERY_RUN_H_
 
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -50,21 +53,28 @@ struct QueryLimits {
 
 class QueryRun {
  public:
+  // What Next() did.
+  enum class Progress {
+    kMessage,  // filled `out`
+    kWaiting,  // an identical query is in flight: `resume` will be called
+    kDone,     // the summary has been produced already
+  };
+
   // Prepares the query; nothing runs until the first Next(), so that the
   // run can be cancelled from the moment it exists. When `ttl` is positive
-  // the result is looked up in `cache` (waiting for an identical query in
-  // flight until `deadline`), else a cursor streams it.
+  // the result is looked up in `cache`, else a cursor streams it. `resume`
+  // is called, from any thread and at most once per kWaiting, when a waiting
+  // run can continue (call Next() again then).
   QueryRun(std::shared_ptr<Connection> connection, std::string sql,
            v1::Params params, absl::Duration ttl, const QueryLimits& limits,
-           absl::Time deadline, ResultCache* cache, BrokerCounters* counters,
-           const Clock* clock);
+           ResultCache* cache, BrokerCounters* counters, const Clock* clock,
+           std::function<void()> resume);
 
   ~QueryRun();
 
   // Fills `out` with the next message: the first call runs the query (or
-  // finds its result) and returns its error, if any. Returns false, leaving
-  // `out` alone, once the summary has been produced.
-  absl::StatusOr<bool> Next(v1::QueryResponse* out);
+  // finds its result) and returns its error, if any.
+  absl::StatusOr<Progress> Next(v1::QueryResponse* out);
 
   // True when the next Next() may touch the database (and so must run on a
   // worker); false when it only copies out what the run already holds.
@@ -74,8 +84,12 @@ class QueryRun {
   void Cancel();
 
  private:
-  // The first Next(): cache lookup, single flight, or a cursor.
-  absl::Status Begin();
+  // The first Next(): cache lookup, single flight, or a cursor. Returns
+  // false while waiting for another caller's flight.
+  absl::StatusOr<bool> Begin();
+  // Called by the cache when the flight this run follows ends.
+  void OnFlightDone(std::shared_ptr<const CachedResult> result,
+                    absl::Status status);
   // Opens a cursor and reads its first batch, resetting the backends and
   // retrying while the backend is broken (UNAVAILABLE), up to max_attempts.
   absl::Status OpenCursorWithRetry();
@@ -92,10 +106,10 @@ class QueryRun {
   const v1::Params params_;
   const absl::Duration ttl_;
   const QueryLimits limits_;
-  const absl::Time deadline_;
   ResultCache* const cache_;
   BrokerCounters* const counters_;
   const Clock* const clock_;
+  const std::function<void()> resume_;
   const absl::Time started_;
 
   // The source of the reply: `replay_` (a whole cached result) or
@@ -111,9 +125,18 @@ class QueryRun {
   enum class Phase { kBegin, kSchema, kBatches, kSummary, kDone };
   Phase phase_ = Phase::kBegin;
 
-  absl::Mutex cursor_mu_;  // guards the pointer, not the cursor's use
+  // Guards the cursor pointer (not the cursor's use) and the state shared
+  // with Cancel() and OnFlightDone(), which run on other threads.
+  absl::Mutex cursor_mu_;
   std::unique_ptr<ResultCursor> cursor_ ABSL_GUARDED_BY(cursor_mu_);
   bool cancelled_ ABSL_GUARDED_BY(cursor_mu_) = false;
+  // A followed flight's outcome, between OnFlightDone and the Next() that
+  // takes it. `waiting_`: Next() returned kWaiting and nobody resumed yet.
+  bool waiting_ ABSL_GUARDED_BY(cursor_mu_) = false;
+  bool flight_done_ ABSL_GUARDED_BY(cursor_mu_) = false;
+  std::shared_ptr<const CachedResult> flight_result_
+      ABSL_GUARDED_BY(cursor_mu_);
+  absl::Status flight_status_ ABSL_GUARDED_BY(cursor_mu_);
 };
 
 }  // namespace connbroker::server

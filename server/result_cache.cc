@@ -25,6 +25,7 @@
 
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -55,6 +56,8 @@ struct FlightState {
   bool finished = false;  // outcome != kRunning; what waiters await
   std::shared_ptr<const CachedResult> result;
   absl::Status status;
+  // Followers that asked not to block; told the outcome by Finish.
+  std::vector<ResultCache::FlightDone> async_waiters;
 };
 
 }  // namespace
@@ -117,35 +120,99 @@ struct ResultCache::Impl {
   void Finish(FlightState& state, FlightState::Outcome outcome,
               std::shared_ptr<const CachedResult> result, absl::Status status,
               absl::Duration ttl) ABSL_LOCKS_EXCLUDED(mu) {
-    Released released;  // before the lock: released after it
-    absl::MutexLock lock(&mu);
-    state.outcome = outcome;
-    state.result = result;
-    state.status = std::move(status);
-    state.finished = true;
-    // A later flight for the key (after an abandon) is not ours to remove.
-    if (auto it = flights.find(state.key);
-        it != flights.end() && it->second.get() == &state) {
-      flights.erase(it);
+    std::vector<FlightDone> notify;
+    {
+      Released released;  // before the lock: released after it
+      absl::MutexLock lock(&mu);
+      state.outcome = outcome;
+      state.result = result;
+      state.status = std::move(status);
+      state.finished = true;
+      notify = std::move(state.async_waiters);
+      if (outcome == FlightState::Outcome::kPublished) {
+        joins += static_cast<int64_t>(notify.size());
+      }
+      // A later flight for the key (after an abandon) is not ours to remove.
+      if (auto it = flights.find(state.key);
+          it != flights.end() && it->second.get() == &state) {
+        flights.erase(it);
+      }
+      if (outcome == FlightState::Outcome::kPublished) {
+        CacheLocked(state, std::move(result), ttl, &released);
+      }
     }
-    if (outcome != FlightState::Outcome::kPublished) return;
+    // Outside the lock: a callback may look the key up again. The state's
+    // outcome fields no longer change, so reading them unlocked is safe.
+    for (FlightDone& done : notify) {
+      switch (outcome) {
+        case FlightState::Outcome::kPublished:
+          done(state.result, absl::OkStatus());
+          break;
+        case FlightState::Outcome::kFailed:
+          done(nullptr, state.status);
+          break;
+        case FlightState::Outcome::kAbandoned:
+        case FlightState::Outcome::kRunning:
+          done(nullptr, absl::OkStatus());
+          break;
+      }
+    }
+  }
+
+  // Caches a published result if it may be: a positive ttl, within the size
+  // limits, and no DropOwner of its owner since the flight began.
+  void CacheLocked(const FlightState& state,
+                   std::shared_ptr<const CachedResult> result,
+                   absl::Duration ttl, Released* released)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (ttl <= absl::ZeroDuration() || result->bytes > max_entry_bytes ||
         result->bytes > max_bytes ||
         GenerationOf(state.owner) != state.owner_generation) {
       return;
     }
     if (auto old = entries.find(state.key); old != entries.end()) {
-      Erase(old, &released);
+      Erase(old, released);
     }
     const absl::Time expires = clock->Now() + ttl;
+    const int64_t result_bytes = result->bytes;
     entries.emplace(state.key, Entry{std::move(result), expires, state.owner,
-                                     state.result->bytes});
+                                     result_bytes});
     by_expiry.emplace(expires, state.key);
-    bytes += state.result->bytes;
+    bytes += result_bytes;
     ++owner_entries[state.owner];
     while (bytes > max_bytes && !by_expiry.empty()) {
-      Erase(entries.find(by_expiry.begin()->second), &released);
+      Erase(entries.find(by_expiry.begin()->second), released);
     }
+  }
+
+  // A fresh cached result, or a new flight the caller leads; otherwise
+  // nothing, with `*running` set to the flight in progress. Reads the clock
+  // once (see the file comment).
+  std::optional<Lookup> HitOrLeadLocked(const std::string& key,
+                                        const std::string& owner,
+                                        Released* released,
+                                        std::shared_ptr<FlightState>* running)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const absl::Time now = clock->Now();
+    if (auto it = entries.find(key); it != entries.end()) {
+      if (now < it->second.expires) {
+        ++hits;
+        Lookup hit;
+        hit.result = it->second.result;
+        return hit;
+      }
+      Erase(it, released);
+    }
+    if (auto in_flight = flights.find(key); in_flight != flights.end()) {
+      *running = in_flight->second;  // kept alive: the leader erases it
+      return std::nullopt;
+    }
+    auto state = std::make_shared<FlightState>(key, owner, GenerationOf(owner));
+    flights.emplace(key, state);
+    ++misses;
+    Lookup lead;
+    lead.flight = std::make_unique<LeaderFlight>(this, std::move(state));
+    return lead;
   }
 
   // Removes one entry, keeping the indexes and totals in step.
@@ -199,29 +266,11 @@ absl::StatusOr<ResultCache::Lookup> ResultCache::GetOrLead(
   Released released;  // before the lock: released after it
   absl::MutexLock lock(&impl_->mu);
   while (true) {
-    const absl::Time now = impl_->clock->Now();
-    if (auto it = impl_->entries.find(key); it != impl_->entries.end()) {
-      if (now < it->second.expires) {
-        ++impl_->hits;
-        Lookup hit;
-        hit.result = it->second.result;
-        return hit;
-      }
-      impl_->Erase(it, &released);
+    std::shared_ptr<FlightState> state;
+    if (std::optional<Lookup> lookup =
+            impl_->HitOrLeadLocked(key, owner, &released, &state)) {
+      return *std::move(lookup);
     }
-    auto in_flight = impl_->flights.find(key);
-    if (in_flight == impl_->flights.end()) {
-      auto state =
-          std::make_shared<FlightState>(key, owner, impl_->GenerationOf(owner));
-      impl_->flights.emplace(key, state);
-      ++impl_->misses;
-      Lookup lead;
-      lead.flight =
-          std::make_unique<Impl::LeaderFlight>(impl_.get(), std::move(state));
-      return lead;
-    }
-    // Keep the state alive: the leader removes it from `flights` when done.
-    std::shared_ptr<FlightState> state = in_flight->second;
     if (!impl_->mu.AwaitWithDeadline(absl::Condition(&state->finished),
                                      deadline)) {
       return absl::DeadlineExceededError(
@@ -244,6 +293,19 @@ absl::StatusOr<ResultCache::Lookup> ResultCache::GetOrLead(
         break;
     }
   }
+}
+
+absl::StatusOr<ResultCache::Lookup> ResultCache::GetOrLeadAsync(
+    const std::string& key, const std::string& owner, FlightDone on_done) {
+  Released released;  // before the lock: released after it
+  absl::MutexLock lock(&impl_->mu);
+  std::shared_ptr<FlightState> state;
+  if (std::optional<Lookup> lookup =
+          impl_->HitOrLeadLocked(key, owner, &released, &state)) {
+    return *std::move(lookup);
+  }
+  state->async_waiters.push_back(std::move(on_done));
+  return Lookup();
 }
 
 int64_t ResultCache::DropOwner(const std::string& owner) {

@@ -7,12 +7,15 @@
 // of results (oldest-expiring first out); a result over `max_entry_bytes` is
 // not cached.
 //
-// Thread-safe. Waiting blocks the calling thread, which must therefore be a
-// broker worker, never a gRPC reactor thread.
+// Thread-safe. GetOrLead's waiting blocks the calling thread; callers that
+// must not hold a thread while an identical query runs (the service: a
+// waiting follower would keep a worker from everyone else) use
+// GetOrLeadAsync, which registers a callback instead.
 #ifndef CONNBROKER_SERVER_RESULT_CACHE_H_
 #define CONNBROKER_SERVER_RESULT_CACHE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -79,6 +82,20 @@ class ResultCache {
   absl::StatusOr<Lookup> GetOrLead(const std::string& key,
                                    const std::string& owner,
                                    absl::Time deadline);
+
+  // Called once, on the thread that ends the flight, with its outcome: the
+  // published result (a join), the failure, or neither when the leader
+  // abandoned (look again).
+  using FlightDone = std::function<void(
+      std::shared_ptr<const CachedResult> result, absl::Status status)>;
+
+  // GetOrLead without blocking: a hit or a new Flight as GetOrLead; when an
+  // identical query is in flight, returns a Lookup with neither result nor
+  // flight and calls `on_done` when that flight ends. `on_done` must not
+  // call back into the cache synchronously in a way that waits.
+  absl::StatusOr<Lookup> GetOrLeadAsync(const std::string& key,
+                                        const std::string& owner,
+                                        FlightDone on_done);
 
   // Drops every result of one connection (Reset). Returns how many.
   int64_t DropOwner(const std::string& owner);

@@ -404,6 +404,72 @@ TEST_F(BrokerTest, ABackendFailureIsRetriedAfterResetButSqlErrorsAreNot) {
   EXPECT_EQ(freed.exit_code, 0) << freed.err;
 }
 
+TEST(BrokerWorkersTest, FollowersOfASlowQueryHoldNoWorker) {
+  // Two workers. The leader of a cached query blocks on a lock this test
+  // holds; three identical queries follow it. If followers held a worker
+  // while waiting, an unrelated query would find none free until the lock
+  // is released -- which this test does only after that query has answered.
+  TempDir data;
+  std::string secrets = data.Write(
+      "secrets.toml",
+      absl::StrCat("[connections.app]\ntype = \"sql\"\n", "url = \"sqlite:///",
+                   data.path(), "/app.db\"\n"));
+  std::unique_ptr<Daemon> daemon = Daemon::Start(
+      {.secrets_files = {secrets}, .extra_args = {"--workers", "2"}});
+  ASSERT_NE(daemon, nullptr);
+  ASSERT_EQ(
+      daemon->Cli({"execute", "app", "CREATE TABLE w (v INTEGER)"}).exit_code,
+      0);
+  SQLite::Database holder(data.path() + "/app.db", SQLite::OPEN_READWRITE);
+  holder.exec("BEGIN IMMEDIATE");
+  double runs_before = Number(daemon->Stats(), "backend_executions");
+
+  constexpr int kClients = 4;
+  std::vector<std::unique_ptr<ChildProcess>> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.push_back(std::make_unique<ChildProcess>(
+        std::vector<std::string>{
+            CONNBROKER_CLI_PATH, "query", "app",
+            "INSERT INTO w VALUES (7) RETURNING v", "--ttl", "600", "--kwarg",
+            "create_engine_kwargs.connect_args.timeout=60", "--format", "json"},
+        std::map<std::string, std::string>{
+            {"CONNBROKER_TARGET", daemon->target()}},
+        data.path(), ""));
+  }
+  double queries = 0;
+  absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (queries < kClients && absl::Now() < give_up) {
+    queries = Number(daemon->Stats(), "queries");
+  }
+  ASSERT_EQ(queries, kClients);
+
+  ProcessResult unrelated =
+      daemon->Cli({"query", "app", "SELECT 5 AS five", "--deadline", "20s"});
+  EXPECT_EQ(unrelated.exit_code, 0) << unrelated.err;
+  EXPECT_THAT(unrelated.out, HasSubstr("5"));
+
+  holder.exec("ROLLBACK");
+  for (auto& client : clients) {
+    ProcessResult result = client->Wait();
+    ASSERT_EQ(result.exit_code, 0) << result.err;
+    EXPECT_EQ(ParseJson(result.out)
+                  .fields()
+                  .at("rows")
+                  .list_value()
+                  .values(0)
+                  .list_value()
+                  .values(0)
+                  .number_value(),
+              7);
+  }
+  google::protobuf::Struct stats = daemon->Stats();
+  // One run of the INSERT for all four, one of the unrelated SELECT.
+  EXPECT_EQ(Number(stats, "backend_executions") - runs_before, 2);
+  EXPECT_EQ(
+      Number(stats, "single_flight_joins") + Number(stats, "result_cache_hits"),
+      kClients - 1);
+}
+
 TEST(BrokerStartupTest, MalformedSecretsFileIsReportedWithLineAndColumn) {
   TempDir data;
   std::string secrets = data.Write(

@@ -302,5 +302,105 @@ TEST_F(ResultCacheTest, OnlyTheFirstOutcomeCounts) {
   EXPECT_EQ(MustLookup("q").result, result);
 }
 
+// GetOrLeadAsync: followers register a callback instead of blocking. No
+// threads are needed: the callbacks run on the thread that ends the flight.
+class AsyncFollowerTest : public ResultCacheTest {
+ protected:
+  struct Outcome {
+    int calls = 0;
+    std::shared_ptr<const CachedResult> result;
+    absl::Status status;
+  };
+
+  // Looks `key` up asynchronously; a follower's outcome lands in `outcome`.
+  ResultCache::Lookup Follow(const std::string& key, Outcome* outcome) {
+    absl::StatusOr<ResultCache::Lookup> lookup = cache_.GetOrLeadAsync(
+        key, "conn",
+        [outcome](std::shared_ptr<const CachedResult> result,
+                  absl::Status status) {
+          ++outcome->calls;
+          outcome->result = std::move(result);
+          outcome->status = std::move(status);
+        });
+    EXPECT_TRUE(lookup.ok()) << lookup.status();
+    return lookup.ok() ? *std::move(lookup) : ResultCache::Lookup{};
+  }
+};
+
+TEST_F(AsyncFollowerTest, FollowersAreToldThePublishedResult) {
+  Outcome unused, first, second;
+  ResultCache::Lookup leader = Follow("q", &unused);
+  ASSERT_NE(leader.flight, nullptr);
+  ResultCache::Lookup a = Follow("q", &first);
+  ResultCache::Lookup b = Follow("q", &second);
+  // Registered: neither a result nor a flight, and not called yet.
+  EXPECT_EQ(a.result, nullptr);
+  EXPECT_EQ(a.flight, nullptr);
+  EXPECT_EQ(b.flight, nullptr);
+  EXPECT_EQ(first.calls, 0);
+
+  auto result = Result(100);
+  leader.flight->Publish(result, absl::Seconds(10));
+  EXPECT_EQ(first.calls, 1);
+  EXPECT_EQ(second.calls, 1);
+  EXPECT_EQ(first.result, result);
+  EXPECT_EQ(second.result, result);
+  EXPECT_TRUE(first.status.ok());
+  EXPECT_EQ(unused.calls, 0);  // the leader is never called back
+  ResultCacheStats stats = cache_.Stats();
+  EXPECT_EQ(stats.misses, 1);
+  EXPECT_EQ(stats.joins, 2);
+  // And it is cached for the next asker, who gets it at once.
+  Outcome later;
+  EXPECT_EQ(Follow("q", &later).result, result);
+  EXPECT_EQ(later.calls, 0);
+}
+
+TEST_F(AsyncFollowerTest, FollowersShareAFailure) {
+  Outcome unused, follower;
+  ResultCache::Lookup leader = Follow("q", &unused);
+  ASSERT_NE(leader.flight, nullptr);
+  Follow("q", &follower);
+  leader.flight->Fail(absl::InvalidArgumentError("no such table: t"));
+  EXPECT_EQ(follower.calls, 1);
+  EXPECT_EQ(follower.result, nullptr);
+  EXPECT_EQ(follower.status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(follower.status.message()),
+              HasSubstr("no such table"));
+}
+
+TEST_F(AsyncFollowerTest, AbandonTellsFollowersToLookAgain) {
+  Outcome unused, follower;
+  ResultCache::Lookup leader = Follow("q", &unused);
+  ASSERT_NE(leader.flight, nullptr);
+  Follow("q", &follower);
+  leader.flight.reset();  // destroyed without an outcome: abandoned
+  EXPECT_EQ(follower.calls, 1);
+  EXPECT_EQ(follower.result, nullptr);
+  EXPECT_TRUE(follower.status.ok());
+  // Looking again, the follower leads.
+  Outcome again;
+  EXPECT_NE(Follow("q", &again).flight, nullptr);
+}
+
+TEST_F(AsyncFollowerTest, AsyncFollowersAndBlockingWaitersShareOneFlight) {
+  Outcome unused, async_follower;
+  ResultCache::Lookup leader = Follow("q", &unused);
+  ASSERT_NE(leader.flight, nullptr);
+  Follow("q", &async_follower);
+  std::thread blocking([&] {
+    ResultCache::Lookup joined = MustLookup("q");
+    EXPECT_TRUE(joined.joined);
+    EXPECT_NE(joined.result, nullptr);
+  });
+  // Two clock reads: the leader's lookup, the async follower's; the third is
+  // the blocking waiter's, just before it waits.
+  ASSERT_TRUE(clock_.AwaitReads(3));
+  leader.flight->Publish(Result(10), absl::Seconds(10));
+  blocking.join();
+  EXPECT_EQ(async_follower.calls, 1);
+  EXPECT_EQ(cache_.Stats().joins, 2);
+}
+
 }  // namespace
 }  // namespace connbroker::server
