@@ -147,14 +147,7 @@ TEST_F(BrokerTest, ResultCacheHitThenReset) {
       CliJson({"query", "app", "SELECT sum(v) AS s FROM c", "--ttl", "600"});
   EXPECT_TRUE(hit.fields().at("from_cache").bool_value());
   // The cached value, not the table's current one.
-  EXPECT_EQ(hit.fields()
-                .at("rows")
-                .list_value()
-                .values(0)
-                .list_value()
-                .values(0)
-                .number_value(),
-            1);
+  EXPECT_EQ(Cell(hit, 0, 0).number_value(), 1);
   google::protobuf::Struct stats = daemon_->Stats();
   EXPECT_EQ(Number(stats, "result_cache_hits"), 1);
 
@@ -162,14 +155,7 @@ TEST_F(BrokerTest, ResultCacheHitThenReset) {
   google::protobuf::Struct after =
       CliJson({"query", "app", "SELECT sum(v) AS s FROM c", "--ttl", "600"});
   EXPECT_FALSE(after.fields().at("from_cache").bool_value());
-  EXPECT_EQ(after.fields()
-                .at("rows")
-                .list_value()
-                .values(0)
-                .list_value()
-                .values(0)
-                .number_value(),
-            42);
+  EXPECT_EQ(Cell(after, 0, 0).number_value(), 42);
 }
 
 TEST_F(BrokerTest, CachedResultExpiresAfterItsTtl) {
@@ -219,14 +205,7 @@ TEST_F(BrokerTest, SingleFlightRunsTheQueryOnce) {
     ProcessResult result = client->Wait();
     ASSERT_EQ(result.exit_code, 0) << result.err;
     google::protobuf::Struct parsed = ParseJson(result.out);
-    EXPECT_EQ(parsed.fields()
-                  .at("rows")
-                  .list_value()
-                  .values(0)
-                  .list_value()
-                  .values(0)
-                  .number_value(),
-              300000);
+    EXPECT_EQ(Cell(parsed, 0, 0).number_value(), 300000);
     if (!parsed.fields().at("from_cache").bool_value()) ++from_database;
   }
   EXPECT_EQ(from_database, 1);
@@ -452,15 +431,7 @@ TEST(BrokerWorkersTest, FollowersOfASlowQueryHoldNoWorker) {
   for (auto& client : clients) {
     ProcessResult result = client->Wait();
     ASSERT_EQ(result.exit_code, 0) << result.err;
-    EXPECT_EQ(ParseJson(result.out)
-                  .fields()
-                  .at("rows")
-                  .list_value()
-                  .values(0)
-                  .list_value()
-                  .values(0)
-                  .number_value(),
-              7);
+    EXPECT_EQ(Cell(ParseJson(result.out), 0, 0).number_value(), 7);
   }
   google::protobuf::Struct stats = daemon->Stats();
   // One run of the INSERT for all four, one of the unrelated SELECT.

@@ -140,6 +140,22 @@ double Number(const google::protobuf::Struct& object,
   return it->second.number_value();
 }
 
+const google::protobuf::Value& Cell(const google::protobuf::Struct& result,
+                                    int row, int column) {
+  static const google::protobuf::Value* const kMissing =
+      new google::protobuf::Value();
+  auto rows = result.fields().find("rows");
+  if (rows == result.fields().end() ||
+      rows->second.list_value().values_size() <= row ||
+      rows->second.list_value().values(row).list_value().values_size() <=
+          column) {
+    ADD_FAILURE() << "no cell (" << row << ", " << column << ") in "
+                  << result.DebugString();
+    return *kMissing;
+  }
+  return rows->second.list_value().values(row).list_value().values(column);
+}
+
 std::string Text(const google::protobuf::Struct& object,
                  const std::string& field) {
   auto it = object.fields().find(field);

@@ -108,6 +108,11 @@ class Daemon {
 
 // A number field of a parsed JSON object (NaN and a test failure if absent).
 double Number(const google::protobuf::Struct& object, const std::string& field);
+// Cell (row, column) of the "rows" of `connbroker query --format json`
+// output, parsed (a null Value and a test failure if absent).
+const google::protobuf::Value& Cell(const google::protobuf::Struct& result,
+                                    int row, int column);
+
 // A string field (empty and a test failure if absent).
 std::string Text(const google::protobuf::Struct& object,
                  const std::string& field);
