@@ -3,8 +3,10 @@
 // Every method runs on gRPC's callback reactors, which must never block, so
 // each call's work is handed to the WorkerPool and the reactor is finished
 // from there. Query streams one message per write: the next batch is produced
-// (on a worker) only when the previous write completed, so a slow reader
-// slows the database cursor instead of growing memory.
+// only when the previous write completed, so a slow reader slows the database
+// cursor instead of growing memory. Only cursor reads go to a worker; what a
+// run already holds is written from the reactor, and a query following an
+// identical one in flight holds no thread until the cache calls it back.
 #ifndef CONNBROKER_SERVER_BROKER_SERVICE_H_
 #define CONNBROKER_SERVER_BROKER_SERVICE_H_
 
