@@ -159,9 +159,10 @@ TEST_F(BrokerTest, ResultCacheHitThenReset) {
 }
 
 TEST_F(BrokerTest, CachedResultExpiresAfterItsTtl) {
-  const std::vector<std::string> query = {"query", "mem", "SELECT 42 AS answer",
-                                          "--ttl", "0.3", "--format",
-                                          "json"};
+  // 2 s: long enough that the second run lands inside it even on a loaded
+  // CI machine, short enough to wait out.
+  const std::vector<std::string> query = {
+      "query", "mem", "SELECT 42 AS answer", "--ttl", "2", "--format", "json"};
   ProcessResult first = Cli(query);
   ASSERT_EQ(first.exit_code, 0) << first.err;
   EXPECT_FALSE(ParseJson(first.out).fields().at("from_cache").bool_value());
