@@ -1,6 +1,8 @@
 // Broker: Connect, Query, Execute, Reset and reporting, without gRPC.
 #include "server/broker.h"
 
+#include <sys/stat.h>
+
 #include <cmath>
 #include <utility>
 
@@ -39,6 +41,23 @@ config::Params ToParams(
 }
 
 int64_t UnixMicros(absl::Time time) { return absl::ToUnixMicros(time); }
+
+// A fingerprint of the files' metadata: equal while none of them changed.
+// Editors often replace a file (new inode) rather than rewrite it, hence the
+// inode beside size and mtime.
+std::string FilesStamp(const std::vector<config::SecretsFile>& files) {
+  std::string stamp;
+  for (const config::SecretsFile& file : files) {
+    struct stat info;
+    if (::stat(file.path.c_str(), &info) != 0) {
+      absl::StrAppend(&stamp, file.path, ":absent;");
+      continue;
+    }
+    absl::StrAppend(&stamp, file.path, ":", info.st_ino, ":", info.st_size, ":",
+                    info.st_mtim.tv_sec, ".", info.st_mtim.tv_nsec, ";");
+  }
+  return stamp;
+}
 
 }  // namespace
 
@@ -303,7 +322,19 @@ v1::GetStatsResponse Broker::Stats() const {
   return stats;
 }
 
+bool Broker::ReloadSecretsIfChanged() {
+  std::string stamp = FilesStamp(secrets_files_);
+  {
+    absl::MutexLock lock(&secrets_mu_);
+    if (stamp == secrets_stamp_) return false;
+  }
+  spdlog::info("a secrets file changed on disk: reloading");
+  ReloadSecrets().IgnoreError();  // logged and reported by ReloadSecrets
+  return true;
+}
+
 void Broker::Upkeep() {
+  ReloadSecretsIfChanged();
   registry_.EvictExpired();
   results_.EvictExpired();
   for (const std::shared_ptr<Connection>& connection :

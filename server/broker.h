@@ -49,6 +49,11 @@ class Broker {
   // use and the error is reported; returns it.
   absl::Status ReloadSecrets();
 
+  // Re-reads the secrets if any of the files changed on disk (appeared,
+  // vanished, or changed size, mtime or inode) since they were last read.
+  // Returns whether it reloaded. Upkeep calls it.
+  bool ReloadSecretsIfChanged();
+
   // `session` is the caller's connbroker-session id (may be empty).
   absl::StatusOr<v1::ConnectResponse> Connect(const v1::ConnectRequest& request,
                                               const std::string& session);
@@ -66,8 +71,8 @@ class Broker {
   // Counts a failed call (the service calls it once per error it returns).
   void CountError() { counters_.errors.fetch_add(1); }
 
-  // Periodic upkeep (janitor): expire connections and results, close idle
-  // backends.
+  // Periodic upkeep (janitor): notice edited secrets files, expire
+  // connections and results, close idle backends.
   void Upkeep();
 
   const config::BrokerSettings& settings() const { return settings_; }
@@ -89,6 +94,8 @@ class Broker {
   mutable absl::Mutex secrets_mu_;
   std::shared_ptr<const config::Secrets> secrets_ ABSL_GUARDED_BY(secrets_mu_);
   absl::Status secrets_error_ ABSL_GUARDED_BY(secrets_mu_);
+  // What the secrets files looked like when last read (see FilesStamp).
+  std::string secrets_stamp_ ABSL_GUARDED_BY(secrets_mu_);
 
   ConnectionRegistry registry_;
   ResultCache results_;

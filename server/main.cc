@@ -51,7 +51,8 @@ Serves cached, shared database connections configured from secrets.toml.
   --workers N        threads for database work (default 16)
   --help
 
-Signals: SIGHUP reloads the secrets, SIGTERM/SIGINT shut down gracefully.
+Secrets are re-read when a file changes on disk (checked every second) and on
+SIGHUP. SIGTERM/SIGINT shut down gracefully.
 )";
 
 struct Flags {

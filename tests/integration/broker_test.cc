@@ -326,6 +326,31 @@ TEST_F(BrokerTest, NoSecretInAnyReplyListingOrLog) {
   EXPECT_THAT(log, Not(HasSubstr(kPassword)));
 }
 
+TEST_F(BrokerTest, AnEditedSecretsFileIsReloadedWithoutASignal) {
+  ASSERT_EQ(Cli({"execute", "app", "CREATE TABLE kept (v INTEGER)"}).exit_code,
+            0);
+  ProcessResult before = Cli({"connect", "added"});
+  EXPECT_EQ(before.exit_code, 1);
+  EXPECT_THAT(before.err, HasSubstr("NOT_FOUND"));
+
+  data_.Write(
+      "secrets.toml",
+      SecretsToml(data_.path()) +
+          "\n[connections.added]\ntype = \"sql\"\nurl = \"sqlite://\"\n");
+  // The janitor notices the edit within a second or so; wait (bounded) for
+  // the new section to resolve rather than guess how long that takes.
+  int exit_code = 1;
+  absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (exit_code != 0 && absl::Now() < give_up) {
+    exit_code = Cli({"connect", "added"}).exit_code;
+  }
+  EXPECT_EQ(exit_code, 0) << "the edited secrets file was not reloaded";
+  EXPECT_THAT(daemon_->Log(), HasSubstr("changed on disk"));
+  // Connections made before the reload keep working.
+  ProcessResult kept = Cli({"query", "app", "SELECT count(*) AS n FROM kept"});
+  EXPECT_EQ(kept.exit_code, 0) << kept.err;
+}
+
 TEST_F(BrokerTest, BrokenSecretsReloadKeepsTheLastGoodConfiguration) {
   ASSERT_EQ(Cli({"query", "app", "SELECT 1"}).exit_code, 0);
   data_.Write("secrets.toml",
