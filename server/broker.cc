@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <cmath>
+#include <set>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -74,21 +75,59 @@ Broker::Broker(Options options, const Clock* clock)
 }
 
 absl::Status Broker::ReloadSecrets() {
+  absl::MutexLock reloading(&reload_mu_);
+  // Stamped before reading, so an edit made while reading shows as a change
+  // at the next check.
+  std::string stamp = FilesStamp(secrets_files_);
   absl::StatusOr<config::Secrets> loaded =
       config::Secrets::Load(secrets_files_);
-  absl::MutexLock lock(&secrets_mu_);
-  if (!loaded.ok()) {
-    secrets_error_ = loaded.status();
-    spdlog::error("secrets not loaded{}: {}",
-                  secrets_ != nullptr ? " (keeping the last good ones)" : "",
-                  loaded.status().message());
-    return loaded.status();
+  std::shared_ptr<const config::Secrets> previous;
+  {
+    absl::MutexLock lock(&secrets_mu_);
+    secrets_stamp_ = std::move(stamp);
+    if (!loaded.ok()) {
+      secrets_error_ = loaded.status();
+      spdlog::error("secrets not loaded{}: {}",
+                    secrets_ != nullptr ? " (keeping the last good ones)" : "",
+                    loaded.status().message());
+      return loaded.status();
+    }
+    previous = std::exchange(
+        secrets_, std::make_shared<const config::Secrets>(*std::move(loaded)));
+    secrets_error_ = absl::OkStatus();
+    spdlog::info("secrets loaded from {} file(s); connections: {}",
+                 secrets_->files().size(), secrets_->ConnectionNames().size());
   }
-  secrets_ = std::make_shared<const config::Secrets>(*std::move(loaded));
-  secrets_error_ = absl::OkStatus();
-  spdlog::info("secrets loaded from {} file(s); connections: {}",
-               secrets_->files().size(), secrets_->ConnectionNames().size());
+  if (previous != nullptr) ForgetChangedConnections(*previous);
   return absl::OkStatus();
+}
+
+void Broker::ForgetChangedConnections(const config::Secrets& previous) {
+  std::shared_ptr<const config::Secrets> current;
+  {
+    absl::MutexLock lock(&secrets_mu_);
+    current = secrets_;
+  }
+  std::set<std::string> names;
+  for (const std::string& name : previous.ConnectionNames()) names.insert(name);
+  for (const std::string& name : current->ConnectionNames()) names.insert(name);
+  for (const std::string& name : names) {
+    const config::Params* before = previous.FindConnection(name);
+    const config::Params* after = current->FindConnection(name);
+    if (before != nullptr && after != nullptr && *before == *after) continue;
+    // The section changed, appeared or went away: its connections no longer
+    // say what the secrets say. Forgetting their handles makes clients
+    // Connect again and resolve the new section; the others keep running.
+    std::vector<std::string> keys = registry_.ForgetNamed(name);
+    int64_t results = 0;
+    for (const std::string& key : keys) results += results_.DropOwner(key);
+    if (!keys.empty()) {
+      spdlog::info(
+          "secrets section '{}' changed: {} connection(s) and {} cached "
+          "result(s) dropped; clients will connect again",
+          name, keys.size(), results);
+    }
+  }
 }
 
 std::shared_ptr<const config::Secrets> Broker::CurrentSecrets(

@@ -46,7 +46,9 @@ class Broker {
   Broker& operator=(const Broker&) = delete;
 
   // Re-reads the secrets files. On failure the last good secrets stay in
-  // use and the error is reported; returns it.
+  // use and the error is reported; returns it. On success, connections whose
+  // own section changed are forgotten (clients Connect again and get the new
+  // configuration); the others keep running.
   absl::Status ReloadSecrets();
 
   // Re-reads the secrets if any of the files changed on disk (appeared,
@@ -84,6 +86,9 @@ class Broker {
       const v1::Target& target, const std::string& session);
   std::shared_ptr<const config::Secrets> CurrentSecrets(
       absl::Status* load_error) const;
+  // After a reload: forgets the connections whose [connections.<name>]
+  // section differs from `previous` (see ConnectionRegistry::ForgetNamed).
+  void ForgetChangedConnections(const config::Secrets& previous);
 
   const config::BrokerSettings settings_;
   const std::vector<config::SecretsFile> secrets_files_;
@@ -91,7 +96,8 @@ class Broker {
   const Clock* const clock_;
   const absl::Time started_;
 
-  mutable absl::Mutex secrets_mu_;
+  absl::Mutex reload_mu_;           // one reload at a time (janitor, SIGHUP)
+  mutable absl::Mutex secrets_mu_;  // after reload_mu_ when both are held
   std::shared_ptr<const config::Secrets> secrets_ ABSL_GUARDED_BY(secrets_mu_);
   absl::Status secrets_error_ ABSL_GUARDED_BY(secrets_mu_);
   // What the secrets files looked like when last read (see FilesStamp).

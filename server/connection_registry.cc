@@ -121,8 +121,8 @@ struct ConnectionRegistry::Impl {
     absl::flat_hash_map<std::string, std::shared_ptr<Build>> building;
   };
 
-  // What a handle names. Never deleted; all but `joins` immutable, so a
-  // pointer taken under mu may be read without it.
+  // What a handle names. All but `joins` immutable; deleted only by
+  // ForgetNamed, so read it under mu (or copy what is needed).
   struct HandleRow {
     HandleRow(Cache* c, std::string k, config::ConnectionSpec s)
         : cache(c), key(std::move(k)), spec(std::move(s)) {}
@@ -309,21 +309,49 @@ absl::StatusOr<ConnectOutcome> ConnectionRegistry::Connect(
 
 absl::StatusOr<std::shared_ptr<Connection>> ConnectionRegistry::Get(
     const std::string& handle) {
-  const Impl::HandleRow* row;
+  Impl::Cache* cache;
+  std::string key;
+  config::ConnectionSpec spec;
   {
     absl::MutexLock lock(&impl_->mu);
     auto it = impl_->handles.find(handle);
     if (it == impl_->handles.end()) {
-      return absl::NotFoundError(
-          absl::StrCat("unknown handle '", handle,
-                       "'; the daemon may have restarted: Connect again"));
+      return absl::NotFoundError(absl::StrCat(
+          "unknown handle '", handle,
+          "'; the daemon may have restarted or its secrets section changed: "
+          "Connect again"));
     }
-    row = it->second.get();
+    // Copied: ForgetNamed may delete the row once the lock is released.
+    cache = it->second->cache;
+    key = it->second->key;
+    spec = it->second->spec;
   }
-  // The row is never deleted and its cache, key and spec never change.
   bool created = false;
-  return impl_->Acquire(row->cache, row->key, row->spec, /*count_join=*/false,
-                        &created);
+  return impl_->Acquire(cache, key, spec, /*count_join=*/false, &created);
+}
+
+std::vector<std::string> ConnectionRegistry::ForgetNamed(
+    const std::string& name) {
+  Graveyard graveyard;  // before the lock: released after it
+  std::vector<std::string> keys;
+  absl::MutexLock lock(&impl_->mu);
+  for (auto it = impl_->handles.begin(); it != impl_->handles.end();) {
+    const Impl::HandleRow& row = *it->second;
+    if (row.spec.name != name) {
+      ++it;
+      continue;
+    }
+    Impl::Cache& cache = *row.cache;
+    if (auto entry = cache.entries.find(row.key);
+        entry != cache.entries.end()) {
+      graveyard.push_back(std::move(entry->second.connection));
+      cache.entries.erase(entry);
+    }
+    cache.handles.erase(row.key);
+    keys.push_back(row.key);
+    impl_->handles.erase(it++);
+  }
+  return keys;
 }
 
 void ConnectionRegistry::EvictExpired() {

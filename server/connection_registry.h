@@ -97,6 +97,12 @@ class ConnectionRegistry {
   // Connect and Get, so this only makes eviction timely (janitor).
   void EvictExpired();
 
+  // Forgets every handle of the connection named `name` (its secrets
+  // section changed): their connections are evicted (closed once their last
+  // call ends) and their next use is NOT_FOUND, so clients Connect again and
+  // resolve the new section. Returns the forgotten connections' keys.
+  std::vector<std::string> ForgetNamed(const std::string& name);
+
   // Every handle, sorted by name then handle.
   std::vector<ConnectionSnapshot> List() const;
 

@@ -72,6 +72,50 @@ TEST_F(ClientLibraryTest, HandleSurvivesADaemonRestart) {
   (void)old_handle;
 }
 
+TEST_F(ClientLibraryTest, AChangedSectionSendsItsClientsToTheNewDatabase) {
+  absl::StatusOr<Connection> app = client_->Connect({.name = "app"});
+  absl::StatusOr<Connection> other = client_->Connect({.name = "private"});
+  ASSERT_TRUE(app.ok() && other.ok());
+  ASSERT_TRUE(app->Execute("CREATE TABLE t (v INTEGER)").ok());
+  ASSERT_TRUE(other->Execute("CREATE TABLE mine (v INTEGER)").ok());
+  const std::string app_handle = app->handle();
+  const std::string other_handle = other->handle();
+
+  // Point [connections.app] at another file; [connections.private] stays.
+  data_.Write("secrets.toml",
+              absl::StrCat("[connections.app]\ntype = \"sql\"\nurl = "
+                           "\"sqlite:///",
+                           data_.path(),
+                           "/moved.db\"\n\n"
+                           "[connections.private]\ntype = \"sql\"\nurl = "
+                           "\"sqlite://\"\nscope = \"session\"\n"));
+  // The daemon notices the edit and forgets app's connection (bounded wait
+  // on what it reports, not a sleep).
+  int64_t live = 2;
+  absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (live != 1 && absl::Now() < give_up) {
+    absl::StatusOr<v1::GetStatsResponse> stats = client_->Stats();
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    live = stats->connections_live();
+  }
+  ASSERT_EQ(live, 1);
+
+  // The old Connection object re-connects by itself and lands on the new
+  // file, where table t does not exist.
+  absl::StatusOr<Result> moved = app->Query("SELECT count(*) FROM t");
+  EXPECT_EQ(moved.status().code(), absl::StatusCode::kInvalidArgument)
+      << moved.status();
+  EXPECT_THAT(std::string(moved.status().message()),
+              HasSubstr("no such table: t"));
+  EXPECT_NE(app->handle(), app_handle);
+  EXPECT_THAT(app->description(), HasSubstr("moved.db"));
+
+  // The unchanged section's connection kept running, data and handle.
+  absl::StatusOr<Result> kept = other->Query("SELECT count(*) FROM mine");
+  EXPECT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ(other->handle(), other_handle);
+}
+
 TEST_F(ClientLibraryTest, SessionScopedConnectionsArePrivate) {
   std::unique_ptr<Client> alice = NewClient("alice");
   std::unique_ptr<Client> bob = NewClient("bob");
