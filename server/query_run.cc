@@ -22,6 +22,18 @@ std::string DeterministicBytes(const google::protobuf::Message& message) {
   return bytes;
 }
 
+// The result cache key: every input the result depends on. chunk_rows and
+// batch_bytes are in it because a cached result is replayed in the batches
+// it was cut into.
+std::string CacheKey(const std::string& owner, const std::string& sql,
+                     const v1::Params& params, absl::Duration ttl,
+                     const QueryLimits& limits) {
+  return absl::StrCat(owner, "\x1fsql\x1f", sql, "\x1fparams\x1f",
+                      DeterministicBytes(params), "\x1fttl\x1f",
+                      absl::FormatDuration(ttl), "\x1f", limits.chunk_rows,
+                      "\x1f", limits.batch_bytes);
+}
+
 }  // namespace
 
 QueryRun::QueryRun(std::shared_ptr<Connection> connection, std::string sql,
@@ -35,6 +47,11 @@ QueryRun::QueryRun(std::shared_ptr<Connection> connection, std::string sql,
       ttl_(ttl),
       limits_(limits),
       cache_(cache),
+      // Built once: Begin() runs again each time a followed flight ends.
+      cache_key_(
+          ttl_ > absl::ZeroDuration()
+              ? CacheKey(connection_->key(), sql_, params_, ttl_, limits_)
+              : std::string()),
       counters_(counters),
       clock_(clock),
       resume_(std::move(resume)),
@@ -48,14 +65,6 @@ absl::StatusOr<bool> QueryRun::Begin() {
     if (!opened.ok()) return opened;
     return true;
   }
-  const std::string& owner = connection_->key();
-  // The key holds every input the result depends on. Params serialise
-  // deterministically; chunk_rows is in the key because a cached result is
-  // replayed in the batches it was cut into.
-  const std::string key = absl::StrCat(
-      owner, "\x1fsql\x1f", sql_, "\x1fparams\x1f", DeterministicBytes(params_),
-      "\x1fttl\x1f", absl::FormatDuration(ttl_), "\x1f", limits_.chunk_rows,
-      "\x1f", limits_.batch_bytes);
   while (true) {
     {
       absl::MutexLock lock(&cursor_mu_);
@@ -66,24 +75,20 @@ absl::StatusOr<bool> QueryRun::Begin() {
         flight_done_ = false;
         if (!flight_status_.ok()) return flight_status_;
         if (flight_result_ != nullptr) {
-          replay_ = std::move(flight_result_);
-          schema_ = replay_->schema;
-          from_cache_ = true;
+          Replay(std::move(flight_result_));
           return true;
         }
       }
     }
     absl::StatusOr<ResultCache::Lookup> lookup = cache_->GetOrLeadAsync(
-        key, owner,
+        cache_key_, connection_->key(),
         [this](std::shared_ptr<const CachedResult> result,
                absl::Status status) {
           OnFlightDone(std::move(result), std::move(status));
         });
     if (!lookup.ok()) return lookup.status();
     if (lookup->result != nullptr) {
-      replay_ = std::move(lookup->result);
-      schema_ = replay_->schema;
-      from_cache_ = true;
+      Replay(std::move(lookup->result));
       return true;
     }
     if (lookup->flight != nullptr) {
@@ -100,6 +105,12 @@ absl::StatusOr<bool> QueryRun::Begin() {
       return false;
     }
   }
+}
+
+void QueryRun::Replay(std::shared_ptr<const CachedResult> result) {
+  replay_ = std::move(result);
+  schema_ = replay_->schema;
+  from_cache_ = true;
 }
 
 void QueryRun::OnFlightDone(std::shared_ptr<const CachedResult> result,

@@ -87,6 +87,8 @@ class QueryRun {
   // The first Next(): cache lookup, single flight, or a cursor. Returns
   // false while waiting for another caller's flight.
   absl::StatusOr<bool> Begin();
+  // Serves the reply from a whole result (a hit or a shared flight).
+  void Replay(std::shared_ptr<const CachedResult> result);
   // Called by the cache when the flight this run follows ends.
   void OnFlightDone(std::shared_ptr<const CachedResult> result,
                     absl::Status status);
@@ -107,6 +109,8 @@ class QueryRun {
   const absl::Duration ttl_;
   const QueryLimits limits_;
   ResultCache* const cache_;
+  // The result cache key, when ttl_ is positive (see the constructor).
+  const std::string cache_key_;
   BrokerCounters* const counters_;
   const Clock* const clock_;
   const std::function<void()> resume_;

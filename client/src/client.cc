@@ -228,6 +228,27 @@ class ConnectionState {
     return attempt(handle(), &unknown_handle);
   }
 
+  // One unary call of `method` on this connection's handle, with the
+  // recovery above. `request`'s target is set here.
+  template <typename Request, typename Response>
+  absl::StatusOr<Response> CallWithRecovery(
+      grpc::Status (v1::ConnectionBroker::Stub::*method)(grpc::ClientContext*,
+                                                         const Request&,
+                                                         Response*),
+      Request request, absl::Time deadline) const {
+    Response response;
+    absl::Status status = RunWithRecovery(
+        deadline, [&](const std::string& handle, bool* unknown_handle) {
+          request.mutable_target()->set_handle(handle);
+          absl::StatusOr<Response> answer =
+              core_->Call(method, request, deadline, unknown_handle);
+          if (answer.ok()) response = *std::move(answer);
+          return answer.status();
+        });
+    if (!status.ok()) return status;
+    return response;
+  }
+
  private:
   absl::Status Reconnect(const std::string& stale_handle,
                          absl::Time deadline) const {
@@ -390,44 +411,24 @@ absl::StatusOr<QuerySummary> Connection::QueryBatches(
 absl::StatusOr<ExecuteResult> Connection::Execute(
     std::string sql, const std::vector<Value>& params,
     const std::map<std::string, Value>& named_params) const {
-  const ClientCore& core = state_->core();
-  const absl::Time deadline = core.Deadline(std::nullopt);
   v1::ExecuteRequest request;
   request.set_sql(std::move(sql));
   *request.mutable_params() = ToParams(params, named_params);
-  v1::ExecuteResponse response;
-  absl::Status status = state_->RunWithRecovery(
-      deadline, [&](const std::string& handle, bool* unknown_handle) {
-        request.mutable_target()->set_handle(handle);
-        absl::StatusOr<v1::ExecuteResponse> answer =
-            core.Call(&v1::ConnectionBroker::Stub::Execute, request, deadline,
-                      unknown_handle);
-        if (answer.ok()) response = *std::move(answer);
-        return answer.status();
-      });
-  if (!status.ok()) return status;
-  return ExecuteResult{response.rows_affected(), response.last_insert_id(),
-                       response.handle()};
+  absl::StatusOr<v1::ExecuteResponse> response = state_->CallWithRecovery(
+      &v1::ConnectionBroker::Stub::Execute, std::move(request),
+      state_->core().Deadline(std::nullopt));
+  if (!response.ok()) return response.status();
+  return ExecuteResult{response->rows_affected(), response->last_insert_id(),
+                       response->handle()};
 }
 
 absl::Status Connection::Reset(ResetResult* counts) const {
-  const ClientCore& core = state_->core();
-  const absl::Time deadline = core.Deadline(std::nullopt);
-  v1::ResetRequest request;
-  v1::ResetResponse response;
-  absl::Status status = state_->RunWithRecovery(
-      deadline, [&](const std::string& handle, bool* unknown_handle) {
-        request.mutable_target()->set_handle(handle);
-        absl::StatusOr<v1::ResetResponse> answer =
-            core.Call(&v1::ConnectionBroker::Stub::Reset, request, deadline,
-                      unknown_handle);
-        if (answer.ok()) response = *std::move(answer);
-        return answer.status();
-      });
-  if (status.ok() && counts != nullptr) {
-    *counts = ToResetResult(response);
-  }
-  return status;
+  absl::StatusOr<v1::ResetResponse> response = state_->CallWithRecovery(
+      &v1::ConnectionBroker::Stub::Reset, v1::ResetRequest(),
+      state_->core().Deadline(std::nullopt));
+  if (!response.ok()) return response.status();
+  if (counts != nullptr) *counts = ToResetResult(*response);
+  return absl::OkStatus();
 }
 
 // ---------------------------------------------------------------------------
