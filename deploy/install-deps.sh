@@ -9,6 +9,7 @@ packages=(
   libabsl-dev libtoml11-dev libsqlitecpp-dev libsqlite3-dev sqlite3
   libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  postgresql mariadb-server libpq-dev libmariadb-dev pgbouncer clang openssl
 )
 
 missing=()
@@ -25,5 +26,24 @@ sudo=""
 if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
 echo "install-deps: installing ${missing[*]}"
 $sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-  "${missing[@]}"
+
+# The postgresql and mariadb-server packages create a system cluster and try
+# to start it through invoke-rc.d. The tests never use those (they start their
+# own servers, tests/servers/db-servers.sh), so forbid service starts during
+# the install with a policy-rc.d that answers 101, unless one is in place
+# already, and remove ours afterwards, even when the install fails.
+policy=/usr/sbin/policy-rc.d
+remove_policy=false
+if [[ ! -e $policy ]]; then
+  printf '#!/bin/sh\n# connbroker install-deps: no service starts.\nexit 101\n' |
+    $sudo tee "$policy" >/dev/null
+  $sudo chmod 0755 "$policy"
+  remove_policy=true
+  trap '$sudo rm -f "$policy"' EXIT
+fi
+$sudo env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq \
+  --no-install-recommends "${missing[@]}"
+if $remove_policy; then
+  $sudo rm -f "$policy"
+  trap - EXIT
+fi

@@ -66,6 +66,9 @@ Broker::Broker(Options options, const Clock* clock)
     : settings_(std::move(options.settings)),
       secrets_files_(std::move(options.secrets_files)),
       env_(std::move(options.env)),
+      run_on_worker_(options.run_on_worker
+                         ? std::move(options.run_on_worker)
+                         : [](std::function<void()> work) { work(); }),
       clock_(clock),
       started_(clock->Now()),
       registry_(clock, std::move(options.database_factory)),
@@ -253,26 +256,50 @@ absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
                                     &counters_, clock_, std::move(resume));
 }
 
-absl::StatusOr<v1::ExecuteResponse> Broker::Execute(
-    const v1::ExecuteRequest& request, const std::string& session) {
+void Broker::Execute(const v1::ExecuteRequest& request,
+                     const std::string& session, CancelSignal* cancel,
+                     ExecuteDone done) {
   counters_.executes.fetch_add(1, std::memory_order_relaxed);
   if (request.sql().empty()) {
-    return absl::InvalidArgumentError("the statement has no sql");
+    done(absl::InvalidArgumentError("the statement has no sql"));
+    return;
   }
-  absl::StatusOr<std::shared_ptr<Connection>> connection =
+  absl::StatusOr<std::shared_ptr<Connection>> resolved =
       ResolveTarget(request.target(), session);
-  if (!connection.ok()) return connection.status();
-  // Not retried: a write whose backend broke may have committed, and running
-  // it twice is worse than reporting the failure.
-  counters_.backend_executions.fetch_add(1, std::memory_order_relaxed);
-  absl::StatusOr<ExecuteResult> result =
-      (*connection)->database().Execute(request.sql(), request.params());
-  if (!result.ok()) return result.status();
-  v1::ExecuteResponse response;
-  response.set_rows_affected(result->rows_affected);
-  response.set_last_insert_id(result->last_insert_id);
-  response.set_handle((*connection)->handle());
-  return response;
+  if (!resolved.ok()) {
+    done(resolved.status());
+    return;
+  }
+  std::shared_ptr<Connection> connection = *std::move(resolved);
+  Database& database = connection->database();
+  database.Reserve(
+      Access::kWrite, cancel,
+      [this, connection = std::move(connection), &request, cancel,
+       done = std::move(done)](absl::StatusOr<Reservation> slot) mutable {
+        if (!slot.ok()) {
+          done(slot.status());
+          return;
+        }
+        // std::function needs a copyable task; the slot is move-only.
+        auto held = std::make_shared<Reservation>(*std::move(slot));
+        run_on_worker_([this, connection = std::move(connection), &request,
+                        cancel, done = std::move(done), held]() mutable {
+          // Not retried: a write whose backend broke may have committed,
+          // and running it twice is worse than reporting the failure.
+          counters_.backend_executions.fetch_add(1, std::memory_order_relaxed);
+          absl::StatusOr<ExecuteResult> result = connection->database().Execute(
+              request.sql(), request.params(), std::move(*held), cancel);
+          if (!result.ok()) {
+            done(result.status());
+            return;
+          }
+          v1::ExecuteResponse response;
+          response.set_rows_affected(result->rows_affected);
+          response.set_last_insert_id(result->last_insert_id);
+          response.set_handle(connection->handle());
+          done(std::move(response));
+        });
+      });
 }
 
 absl::StatusOr<v1::ResetResponse> Broker::Reset(const v1::ResetRequest& request,
@@ -378,7 +405,7 @@ void Broker::Upkeep() {
   results_.EvictExpired();
   for (const std::shared_ptr<Connection>& connection :
        registry_.LiveConnections()) {
-    connection->database().CloseIdle();
+    connection->database().Maintain();
   }
 }
 

@@ -36,6 +36,10 @@ class Broker {
     std::vector<config::SecretsFile> secrets_files;
     config::EnvLookup env;  // for env:VAR names
     ConnectionRegistry::DatabaseFactory database_factory;
+    // Runs blocking work on a worker thread; called from whichever thread
+    // hands a waiting call its backend. Unset: runs it on that thread
+    // (tests).
+    std::function<void(std::function<void()>)> run_on_worker;
   };
 
   // Loads the secrets once; a failure does not stop the broker (it is
@@ -63,8 +67,14 @@ class Broker {
   absl::StatusOr<std::unique_ptr<QueryRun>> StartQuery(
       const v1::QueryRequest& request, const std::string& session,
       std::function<void()> resume);
-  absl::StatusOr<v1::ExecuteResponse> Execute(const v1::ExecuteRequest& request,
-                                              const std::string& session);
+  // Runs the statement on the connection's writer; `done` runs once with
+  // the reply. Waiting for the writer holds no thread (the statement then
+  // runs through run_on_worker); `cancel` (must outlive the call) removes
+  // the wait or interrupts the statement. The resolving part (Connect may
+  // build the connection) blocks: call it from a worker.
+  using ExecuteDone = std::function<void(absl::StatusOr<v1::ExecuteResponse>)>;
+  void Execute(const v1::ExecuteRequest& request, const std::string& session,
+               CancelSignal* cancel, ExecuteDone done);
   absl::StatusOr<v1::ResetResponse> Reset(const v1::ResetRequest& request,
                                           const std::string& session);
   v1::ListConnectionsResponse ListConnections() const;
@@ -93,6 +103,7 @@ class Broker {
   const config::BrokerSettings settings_;
   const std::vector<config::SecretsFile> secrets_files_;
   const config::EnvLookup env_;
+  const std::function<void(std::function<void()>)> run_on_worker_;
   const Clock* const clock_;
   const absl::Time started_;
 

@@ -51,16 +51,47 @@ grpc::ServerUnaryReactor* BrokerService::Connect(
   });
 }
 
+// One Execute call: a unary reactor of its own (not DefaultReactor) so that
+// a cancel or deadline reaches the statement or its wait for the writer.
+class BrokerService::ExecuteReactor final : public grpc::ServerUnaryReactor {
+ public:
+  ExecuteReactor(BrokerService* service, grpc::CallbackServerContext* context,
+                 const v1::ExecuteRequest* request,
+                 v1::ExecuteResponse* response)
+      : service_(service),
+        context_(context),
+        request_(request),
+        response_(response) {
+    service_->workers_->Submit([this] {
+      service_->broker_->Execute(
+          *request_, SessionOf(*context_), &cancel_,
+          [this](absl::StatusOr<v1::ExecuteResponse> result) {
+            absl::Status status = result.status();
+            if (result.ok()) *response_ = *std::move(result);
+            if (!status.ok()) {
+              service_->broker_->CountError();
+              spdlog::debug("Execute failed: {}", status.ToString());
+            }
+            Finish(ToGrpcStatus(status, context_));
+          });
+    });
+  }
+
+  void OnCancel() override { cancel_.Cancel(); }
+  void OnDone() override { delete this; }
+
+ private:
+  BrokerService* const service_;
+  grpc::CallbackServerContext* const context_;
+  const v1::ExecuteRequest* const request_;
+  v1::ExecuteResponse* const response_;
+  CancelSignal cancel_;
+};
+
 grpc::ServerUnaryReactor* BrokerService::Execute(
     grpc::CallbackServerContext* context, const v1::ExecuteRequest* request,
     v1::ExecuteResponse* response) {
-  return RunUnary(context, "Execute", [=, this]() -> absl::Status {
-    absl::StatusOr<v1::ExecuteResponse> result =
-        broker_->Execute(*request, SessionOf(*context));
-    if (!result.ok()) return result.status();
-    *response = *std::move(result);
-    return absl::OkStatus();
-  });
+  return new ExecuteReactor(this, context, request, response);
 }
 
 grpc::ServerUnaryReactor* BrokerService::Reset(
@@ -130,7 +161,11 @@ class BrokerService::QueryReactor final
     if (run_ != nullptr) run_->Cancel();
   }
 
-  void OnDone() override { delete this; }
+  // Destroying the run may finish a statement on the server (a cursor left
+  // mid-result is cancelled and drained): not on a reactor thread.
+  void OnDone() override {
+    service_->workers_->Submit([this] { delete this; });
+  }
 
  private:
   void Start() {

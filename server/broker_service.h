@@ -44,6 +44,7 @@ class BrokerService final : public v1::ConnectionBroker::CallbackService {
 
  private:
   class QueryReactor;
+  class ExecuteReactor;
 
   // Runs `work` on a worker and finishes the unary call with its status.
   template <typename Work>

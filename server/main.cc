@@ -176,9 +176,14 @@ int Run(int argc, char** argv) {
     return std::string(value);
   };
   options.database_factory = OpenDatabase;
+  // Made before the broker, which hands it work, and emptied before the
+  // broker goes (see the end of Run).
+  auto workers = std::make_unique<WorkerPool>(settings.worker_threads);
+  options.run_on_worker = [pool = workers.get()](std::function<void()> work) {
+    pool->Submit(std::move(work));
+  };
   Broker broker(std::move(options), Clock::Real());
-  WorkerPool workers(settings.worker_threads);
-  BrokerService service(&broker, &workers);
+  BrokerService service(&broker, workers.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -220,6 +225,9 @@ int Run(int argc, char** argv) {
   health->SetServingStatus(false);  // probes see the drain at once
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
   server->Wait();
+  // Runs what is still queued (the last calls' clean-up) while the broker
+  // and its connections are alive.
+  workers.reset();
   if (!socket_path->empty()) ::unlink(socket_path->c_str());
   spdlog::info("stopped");
   return 0;

@@ -60,11 +60,8 @@ QueryRun::QueryRun(std::shared_ptr<Connection> connection, std::string sql,
 }
 
 absl::StatusOr<bool> QueryRun::Begin() {
-  if (ttl_ <= absl::ZeroDuration()) {
-    absl::Status opened = OpenCursorWithRetry();
-    if (!opened.ok()) return opened;
-    return true;
-  }
+  if (ttl_ <= absl::ZeroDuration()) return OpenCursorWithRetry();
+  if (flight_ != nullptr) return LeadFlight();  // resumed with a backend
   while (true) {
     {
       absl::MutexLock lock(&cursor_mu_);
@@ -92,10 +89,8 @@ absl::StatusOr<bool> QueryRun::Begin() {
       return true;
     }
     if (lookup->flight != nullptr) {
-      absl::Status led = LeadFlight(std::move(lookup->flight), ttl_,
-                                    cache_->max_entry_bytes());
-      if (!led.ok()) return led;
-      return true;
+      flight_ = std::move(lookup->flight);
+      return LeadFlight();
     }
     // Following a flight. It may already have ended (OnFlightDone ran before
     // this lock): then take its outcome now instead of waiting.
@@ -129,6 +124,9 @@ void QueryRun::OnFlightDone(std::shared_ptr<const CachedResult> result,
 }
 
 QueryRun::~QueryRun() {
+  // A flight still led here (the call ended while waiting for a backend)
+  // must not leave its followers waiting.
+  if (flight_ != nullptr) flight_->Abandon();
   std::unique_ptr<ResultCursor> cursor;
   {
     absl::MutexLock lock(&cursor_mu_);
@@ -139,48 +137,84 @@ QueryRun::~QueryRun() {
 }
 
 void QueryRun::Cancel() {
-  absl::MutexLock lock(&cursor_mu_);
-  cancelled_ = true;
-  if (cursor_ != nullptr) cursor_->Cancel();
+  {
+    absl::MutexLock lock(&cursor_mu_);
+    cancelled_ = true;
+  }
+  // Outside cursor_mu_: the signal may call OnSlot (a queued reservation
+  // removed), which takes cursor_mu_.
+  cancel_.Cancel();
 }
 
-absl::Status QueryRun::OpenCursorWithRetry() {
+void QueryRun::OnSlot(absl::StatusOr<Reservation> slot) {
+  bool resume_now;
+  {
+    absl::MutexLock lock(&cursor_mu_);
+    slot_ = std::move(slot);
+    slot_ready_ = true;
+    // As in OnFlightDone: a run still inside Next() sees slot_ready_ itself.
+    resume_now = std::exchange(waiting_, false);
+  }
+  if (resume_now) resume_();
+}
+
+absl::StatusOr<bool> QueryRun::OpenCursorWithRetry() {
   Database& database = connection_->database();
-  absl::Status last;
-  for (int attempt = 1; attempt <= limits_.max_attempts; ++attempt) {
-    if (attempt > 1) {
-      // As Streamlit's SQLConnection does: a broken backend is reset and
-      // the query tried again; SQL errors are never retried.
-      counters_->retries.fetch_add(1, std::memory_order_relaxed);
-      database.Reset();
-    }
+  while (true) {
+    // 1. A backend: ask the pool, and park (kWaiting) until it answers.
+    bool ask = false;
     {
       absl::MutexLock lock(&cursor_mu_);
       if (cancelled_) return absl::CancelledError("query cancelled");
+      if (!slot_asked_) {
+        slot_asked_ = true;
+        slot_ready_ = false;
+        ask = true;
+      }
     }
+    if (ask) {
+      // May answer at once, on this thread (OnSlot then finds no waiter).
+      database.Reserve(Access::kRead, &cancel_,
+                       [this](absl::StatusOr<Reservation> result) {
+                         OnSlot(std::move(result));
+                       });
+    }
+    absl::StatusOr<Reservation> slot;
+    {
+      absl::MutexLock lock(&cursor_mu_);
+      if (!slot_ready_) {
+        waiting_ = true;
+        return false;
+      }
+      slot_asked_ = false;
+      slot_ready_ = false;
+      slot = std::move(slot_);
+      slot_ = absl::UnknownError("no reservation");
+    }
+    if (!slot.ok()) return slot.status();
+
+    // 2. The statement and its first batch, which settles the column kinds
+    // the schema announces and is where a broken backend usually shows.
+    ++attempts_;
     ++backend_executions_;
     counters_->backend_executions.fetch_add(1, std::memory_order_relaxed);
+    absl::Status last;
     absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
-        database.Query(sql_, params_);
+        database.Query(sql_, params_, *std::move(slot), &cancel_);
     if (cursor.ok()) {
       ResultCursor* raw = cursor->get();
       {
         absl::MutexLock lock(&cursor_mu_);
         cursor_ = std::move(*cursor);
-        if (cancelled_) raw->Cancel();
       }
-      // The first batch settles the column kinds the schema announces, and
-      // is where a broken backend usually shows.
       v1::RowBatch first;
       absl::StatusOr<bool> more = raw->Next(
           limits_.chunk_rows, static_cast<size_t>(limits_.batch_bytes), &first);
       if (more.ok()) {
         schema_ = raw->schema();
         cursor_has_more_ = *more;
-        if (first.row_count() > 0) {
-          buffered_.push_back(std::move(first));
-        }
-        return absl::OkStatus();
+        if (first.row_count() > 0) buffered_.push_back(std::move(first));
+        return true;
       }
       last = more.status();
       absl::MutexLock lock(&cursor_mu_);
@@ -189,10 +223,16 @@ absl::Status QueryRun::OpenCursorWithRetry() {
       last = cursor.status();
     }
     if (last.code() != absl::StatusCode::kUnavailable) return last;
+    if (attempts_ >= limits_.max_attempts) {
+      return absl::Status(last.code(),
+                          absl::StrCat(last.message(), " (after ", attempts_,
+                                       " attempts)"));
+    }
+    // As Streamlit's SQLConnection does: a broken backend is reset and the
+    // query tried again; SQL errors are never retried.
+    counters_->retries.fetch_add(1, std::memory_order_relaxed);
+    database.Reset();
   }
-  return absl::Status(last.code(),
-                      absl::StrCat(last.message(), " (after ",
-                                   limits_.max_attempts, " attempts)"));
 }
 
 absl::StatusOr<bool> QueryRun::ReadBatch(v1::RowBatch* batch) {
@@ -238,42 +278,51 @@ absl::StatusOr<bool> QueryRun::Collect(CachedResult* collected,
   return collected->bytes <= max_bytes;
 }
 
-absl::Status QueryRun::LeadFlight(std::unique_ptr<ResultCache::Flight> flight,
-                                  absl::Duration ttl, int64_t max_entry_bytes) {
-  absl::Status opened = OpenCursorWithRetry();
-  if (!opened.ok()) {
-    // Every caller of this same query would meet the same SQL error or
-    // broken backend; a cancellation is this caller's own business.
-    if (opened.code() == absl::StatusCode::kCancelled ||
-        opened.code() == absl::StatusCode::kDeadlineExceeded) {
-      flight->Abandon();
-    } else {
-      flight->Fail(opened);
-    }
-    return opened;
+void QueryRun::EndFlight(const absl::Status& status) {
+  // Every caller of this same query would meet the same SQL error or
+  // broken backend; a cancellation or a full pool is this caller's own
+  // business, and the followers try for themselves.
+  switch (status.code()) {
+    case absl::StatusCode::kCancelled:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kResourceExhausted:
+      flight_->Abandon();
+      break;
+    default:
+      flight_->Fail(status);
+      break;
   }
+  flight_.reset();
+}
+
+absl::StatusOr<bool> QueryRun::LeadFlight() {
+  absl::StatusOr<bool> opened = OpenCursorWithRetry();
+  if (!opened.ok()) {
+    EndFlight(opened.status());
+    return opened.status();
+  }
+  if (!*opened) return false;  // the flight stays led while waiting
   auto collected = std::make_shared<CachedResult>();
-  absl::StatusOr<bool> fits = Collect(collected.get(), max_entry_bytes);
+  absl::StatusOr<bool> fits =
+      Collect(collected.get(), cache_->max_entry_bytes());
   if (!fits.ok()) {
-    if (fits.status().code() == absl::StatusCode::kCancelled) {
-      flight->Abandon();
-    } else {
-      flight->Fail(fits.status());
-    }
+    EndFlight(fits.status());
     return fits.status();
   }
   if (!*fits) {
     // Too large to cache: stream what was read, then the rest of the cursor.
     // The waiters run the query themselves.
-    flight->Abandon();
+    flight_->Abandon();
+    flight_.reset();
     for (v1::RowBatch& batch : collected->batches) {
       buffered_.push_back(std::move(batch));
     }
-    return absl::OkStatus();
+    return true;
   }
   replay_ = collected;
-  flight->Publish(std::move(collected), ttl);
-  return absl::OkStatus();
+  flight_->Publish(std::move(collected), ttl_);
+  flight_.reset();
+  return true;
 }
 
 bool QueryRun::NextNeedsDatabase() const {

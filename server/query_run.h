@@ -9,9 +9,11 @@
 // bounded by one batch for uncached queries.
 //
 // Next() does database work and may block: call it from a worker thread, one
-// call at a time. It never blocks to wait for an identical query in flight:
-// it answers kWaiting and calls `resume` once the run can go on, so a
-// follower holds no thread. Cancel() may be called from any thread.
+// call at a time. It never blocks to wait -- for an identical query in
+// flight, or for a backend of a busy pool: it answers kWaiting and calls
+// `resume` once the run can go on, so a waiting call holds no thread.
+// Cancel() may be called from any thread; it removes a waiting run from the
+// pool's queue at once and interrupts a running statement on the server.
 #ifndef CONNBROKER_SERVER_QUERY_RUN_H_
 #define CONNBROKER_SERVER_QUERY_RUN_H_
 
@@ -94,14 +96,21 @@ class QueryRun {
                     absl::Status status);
   // Opens a cursor and reads its first batch, resetting the backends and
   // retrying while the backend is broken (UNAVAILABLE), up to max_attempts.
-  absl::Status OpenCursorWithRetry();
+  // Returns false while waiting for a backend (`resume` follows).
+  absl::StatusOr<bool> OpenCursorWithRetry();
+  // Called by the pool when the reservation asked for is ready (or failed).
+  void OnSlot(absl::StatusOr<Reservation> slot);
+  // Ends the flight this run leads with `status` (Abandon when it is this
+  // caller's own cancellation).
+  void EndFlight(const absl::Status& status);
   // Reads the whole result into `collected` as the single-flight leader.
   // Returns false when it grew past `max_bytes` (the rest stays in the
   // cursor).
   absl::StatusOr<bool> Collect(CachedResult* collected, int64_t max_bytes);
   absl::StatusOr<bool> ReadBatch(v1::RowBatch* batch);
-  absl::Status LeadFlight(std::unique_ptr<ResultCache::Flight> flight,
-                          absl::Duration ttl, int64_t max_entry_bytes);
+  // As the single-flight leader: runs the query and publishes its result.
+  // Returns false while waiting for a backend.
+  absl::StatusOr<bool> LeadFlight();
 
   const std::shared_ptr<Connection> connection_;
   const std::string sql_;
@@ -126,6 +135,11 @@ class QueryRun {
   bool from_cache_ = false;
   int backend_executions_ = 0;
   int64_t rows_sent_ = 0;
+  int attempts_ = 0;  // backend executions tried by OpenCursorWithRetry
+  // The flight this run leads, from the lookup until it is published.
+  std::unique_ptr<ResultCache::Flight> flight_;
+  // Fired by Cancel(): reaches a queued reservation and a running statement.
+  CancelSignal cancel_;
   enum class Phase { kBegin, kSchema, kBatches, kSummary, kDone };
   Phase phase_ = Phase::kBegin;
 
@@ -141,6 +155,10 @@ class QueryRun {
   std::shared_ptr<const CachedResult> flight_result_
       ABSL_GUARDED_BY(cursor_mu_);
   absl::Status flight_status_ ABSL_GUARDED_BY(cursor_mu_);
+  // The reservation asked for, between OnSlot and the Next() that takes it.
+  bool slot_asked_ ABSL_GUARDED_BY(cursor_mu_) = false;
+  bool slot_ready_ ABSL_GUARDED_BY(cursor_mu_) = false;
+  absl::StatusOr<Reservation> slot_ ABSL_GUARDED_BY(cursor_mu_);
 };
 
 }  // namespace connbroker::server

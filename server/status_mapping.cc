@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/strings/cord.h"
+#include "server/drivers/database.h"
 
 namespace connbroker::server {
 namespace {
@@ -41,7 +42,13 @@ v1::ErrorDetail DetailOf(const absl::Status& status) {
       detail.set_reason(reason);
     }
   }
+  detail.set_sqlstate(SqlStateOf(status));
+  if (detail.reason() == v1::ErrorDetail::REASON_UNSPECIFIED &&
+      !detail.sqlstate().empty()) {
+    detail.set_reason(v1::ErrorDetail::SQL);
+  }
   detail.set_retryable(status.code() == absl::StatusCode::kUnavailable ||
+                       status.code() == absl::StatusCode::kAborted ||
                        status.code() == absl::StatusCode::kResourceExhausted);
   return detail;
 }

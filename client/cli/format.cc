@@ -717,15 +717,17 @@ void WriteConnections(Format format, const v1::ListConnectionsResponse& list,
     rows.push_back({c.handle(), DisplayText(c.name()), c.type(), c.scope(),
                     c.live() ? "yes" : "no", absl::StrCat(c.queries()),
                     absl::StrCat(c.clients()),
-                    absl::StrCat(c.pool().in_use(), "/", c.pool().open(), "/",
-                                 c.pool().max_size()),
+                    absl::StrCat(c.pool().in_use(), "/", c.pool().idle(), "/",
+                                 c.pool().open(), "/", c.pool().max_size()),
+                    absl::StrCat(c.pool().waiting()),
                     absl::StrCat(c.cached_results()),
                     DisplayText(c.description())});
   }
   WriteTable({"handle", "name", "type", "scope", "live", "queries", "clients",
-              "pool used/open/max", "cached", "description"},
+              "pool used/idle/open/max", "waiting", "cached", "description"},
              rows,
-             {false, false, false, false, false, true, true, true, true, false},
+             {false, false, false, false, false, true, true, true, true, true,
+              false},
              out);
   out << "(" << rows.size()
       << (rows.size() == 1 ? " connection)" : " connections)") << '\n';

@@ -61,7 +61,7 @@ class SettingsReader {
       return absl::OkStatus();
     }
     if (key == "pool.readers") {
-      return Int(key, value, 1, 1024, settings_.pool.readers);
+      return Int(key, value, 1, 1024, settings_.pool.pool_size);
     }
     if (key == "pool.acquire_timeout") {
       return Duration(key, value, settings_.pool.acquire_timeout);

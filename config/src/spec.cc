@@ -49,7 +49,7 @@ absl::Status ApplyEngineKwargs(const Params& params, PoolSettings& pool) {
                        "from 1 to ",
                        kMaxPoolSize));
     }
-    pool.readers = static_cast<int>(*size);
+    pool.pool_size = static_cast<int>(*size);
   }
   if (auto it = params.find("create_engine_kwargs.pool_timeout");
       it != params.end()) {

@@ -11,8 +11,15 @@
 //   UNAVAILABLE         the backend broke or cannot be reached: the broker
 //                       resets the pool and retries.
 //   RESOURCE_EXHAUSTED  no backend became free within the acquire timeout.
-//   CANCELLED           ResultCursor::Cancel interrupted the statement.
+//   CANCELLED           the call's CancelSignal interrupted the statement.
+//   FAILED_PRECONDITION the statement left a transaction open (rolled back).
+//   PERMISSION_DENIED   the database refused the credentials or the
+//                       statement is not allowed (SQLite's authorizer).
+//   ABORTED             lock contention past the busy timeout, a
+//                       serialization failure or deadlock: the backend is
+//                       fine and kept; not retried (the client may).
 //   UNIMPLEMENTED       a dialect this build does not support.
+// A status may carry the database's SQLSTATE (WithSqlState).
 #ifndef CONNBROKER_SERVER_DRIVERS_DATABASE_H_
 #define CONNBROKER_SERVER_DRIVERS_DATABASE_H_
 
@@ -22,14 +29,23 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "connbroker/config/spec.h"
 #include "connbroker/v1/broker.pb.h"
 #include "connbroker/v1/values.pb.h"
+#include "server/drivers/backend_pool.h"
+#include "server/drivers/cancel_signal.h"
 
 namespace connbroker::server {
 
-// One running statement holding one backend connection until destroyed.
-// Not thread-safe, except Cancel().
+// Which backends a statement needs: a reader may run it, or only a writer.
+// Drivers with one kind of backend (PostgreSQL, MySQL) treat both alike.
+enum class Access { kRead, kWrite };
+
+// One running statement holding one backend connection until destroyed (or
+// until its result is exhausted or failed, whichever comes first). Not
+// thread-safe: the CancelSignal given to Database::Query is how another
+// thread interrupts it.
 class ResultCursor {
  public:
   virtual ~ResultCursor() = default;
@@ -42,11 +58,9 @@ class ResultCursor {
   // Clears `batch` and appends up to `max_rows` rows, stopping early once the
   // batch holds about `max_bytes`. Returns true when more rows may follow,
   // false when the result is exhausted (`batch` may still hold rows).
+  // CANCELLED once the query's CancelSignal fired.
   virtual absl::StatusOr<bool> Next(int max_rows, size_t max_bytes,
                                     v1::RowBatch* batch) = 0;
-
-  // From any thread: makes a running or the next Next() fail with CANCELLED.
-  virtual void Cancel() = 0;
 };
 
 struct ExecuteResult {
@@ -54,33 +68,78 @@ struct ExecuteResult {
   int64_t last_insert_id = 0;
 };
 
+// A snapshot of a Database's pools, for ListConnections and stats.
+using PoolStats = v1::PoolStats;
+
 class Database {
  public:
   virtual ~Database() = default;
 
-  // Prepares and starts `sql` with `params` bound. Statements that only read
-  // run on a reader backend, others on the writer.
-  virtual absl::StatusOr<std::unique_ptr<ResultCursor>> Query(
-      const std::string& sql, const v1::Params& params) = 0;
+  // Asks for a backend able to run a statement of `access`; `ready` runs
+  // exactly once with a Reservation for Query/Execute, or with an error:
+  // RESOURCE_EXHAUSTED past the acquire timeout or past the bound on queued
+  // calls, CANCELLED when `cancel` fires first, UNAVAILABLE when closed.
+  // It runs at once when a backend is free, else later on whichever thread
+  // frees one or on a timer thread: waiting holds no thread, and `ready`
+  // must not block (hand the work to a worker). `cancel` may be null; else
+  // it must outlive the wait.
+  virtual void Reserve(Access access, CancelSignal* cancel,
+                       ReserveCallback ready) = 0;
 
-  // Runs `sql` to completion on the writer backend.
+  // Starts `sql` with `params` bound (by the server, never spliced into the
+  // SQL) on the backend of `slot` (from Reserve(kRead) on this database),
+  // and returns a cursor streaming its rows. `cancel` (may be null) must
+  // outlive the cursor: firing it interrupts the statement on the server
+  // (sqlite3_interrupt, PQcancel, KILL QUERY) and the cursor answers
+  // CANCELLED. The backend goes back to the pool clean: anything left open
+  // is rolled back.
+  virtual absl::StatusOr<std::unique_ptr<ResultCursor>> Query(
+      const std::string& sql, const v1::Params& params, Reservation slot,
+      CancelSignal* cancel) = 0;
+
+  // Runs `sql` to completion on the backend of `slot` (from Reserve(kWrite)).
+  // A statement that leaves a transaction open is rolled back and refused
+  // (FAILED_PRECONDITION): an acknowledged write must not be lost later.
   virtual absl::StatusOr<ExecuteResult> Execute(const std::string& sql,
-                                                const v1::Params& params) = 0;
+                                                const v1::Params& params,
+                                                Reservation slot,
+                                                CancelSignal* cancel) = 0;
 
   // Closes every idle backend connection and marks those in use to close
   // when returned; the next use reconnects. Returns how many were closed or
   // marked.
   virtual int Reset() = 0;
 
-  // Closes backends idle for longer than the pool's idle timeout (janitor).
-  virtual void CloseIdle() = 0;
+  // Janitor upkeep: closes backends idle past the idle timeout or past
+  // their recycle age, and opens backends up to min_idle.
+  virtual void Maintain() = 0;
 
-  virtual v1::PoolStats Stats() const = 0;
+  virtual PoolStats Stats() const = 0;
 };
 
-// Opens the Database of `spec` (type "sql"): SQLite now; postgresql and
-// mysql/mariadb are UNIMPLEMENTED ("... not built yet"). Opening the first
-// backend happens here, so a bad path fails at Connect.
+// Blocking helpers over Reserve (for tests and code already on a worker):
+// wait for a slot, then run.
+absl::StatusOr<std::unique_ptr<ResultCursor>> QueryNow(
+    Database& database, const std::string& sql, const v1::Params& params = {},
+    CancelSignal* cancel = nullptr);
+absl::StatusOr<ExecuteResult> ExecuteNow(Database& database,
+                                         const std::string& sql,
+                                         const v1::Params& params = {},
+                                         CancelSignal* cancel = nullptr);
+
+// The SQLSTATE of a database error travels as a payload of its status (the
+// service puts it in the ErrorDetail trailer).
+absl::Status WithSqlState(absl::Status status, absl::string_view sqlstate);
+std::string SqlStateOf(const absl::Status& status);
+
+// BackendPoolOptions for a pool of `role` from a connection's settings.
+BackendPoolOptions PoolOptionsFor(const config::ConnectionSpec& spec,
+                                  std::string role);
+
+// Opens the Database of `spec` (type "sql"): sqlite, postgresql,
+// mysql/mariadb. The first backend is opened here, so a bad address or
+// password fails at Connect (UNAVAILABLE, or PERMISSION_DENIED for bad
+// credentials), with the database's message and no secret.
 absl::StatusOr<std::unique_ptr<Database>> OpenDatabase(
     const config::ConnectionSpec& spec);
 

@@ -46,6 +46,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/drivers/backend_pool.h"
+#include "server/drivers/column_builder.h"
 
 namespace connbroker::server {
 namespace {
@@ -68,7 +69,9 @@ absl::Status SqliteStatus(int rc, absl::string_view message) {
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
       // Only after busy_timeout has passed: another process holds the lock.
-      return absl::UnavailableError(text);
+      // The backend is fine; resetting the pool would close the writer and
+      // retrying would wait out busy_timeout again for every attempt.
+      return absl::AbortedError(text);
     case SQLITE_IOERR:
     case SQLITE_CORRUPT:
     case SQLITE_NOTADB:
@@ -85,8 +88,13 @@ absl::Status SqliteStatus(int rc, absl::string_view message) {
       return absl::UnavailableError(text);
     case SQLITE_NOMEM:
       return absl::ResourceExhaustedError(text);
-    case SQLITE_PERM:
     case SQLITE_AUTH:
+      // Only our authorizer denies: ATTACH or VACUUM INTO.
+      return absl::PermissionDeniedError(
+          text + " (ATTACH and VACUUM INTO write or read other files; the "
+                 "connection's secrets section allows them with "
+                 "allow_attach = true)");
+    case SQLITE_PERM:
       return absl::PermissionDeniedError(text);
     case SQLITE_MISUSE:
     case SQLITE_INTERNAL:
@@ -126,7 +134,20 @@ struct Target {
   bool read_only = false;  // ?mode=ro
   bool create = true;      // ?mode=rw forbids creating the file
   int busy_timeout_ms = 0;
+  bool allow_attach = false;  // the section's allow_attach
 };
+
+// Denies ATTACH (VACUUM INTO attaches its output file too) unless the
+// section allows it: a client must not make the daemon read or create
+// files its operator never configured.
+// The user data is the flag itself, not a pointer to it.
+int Authorize(void* allow_attach, int action, const char*, const char*,
+              const char*, const char*) {
+  if (action == SQLITE_ATTACH && allow_attach == nullptr) {
+    return SQLITE_DENY;
+  }
+  return SQLITE_OK;
+}
 
 // One open sqlite3*. Owned by a pool; used by one thread at a time.
 struct SqliteBackend {
@@ -154,6 +175,9 @@ absl::StatusOr<std::unique_ptr<SqliteBackend>> OpenBackend(const Target& target,
     auto db = std::make_unique<SQLite::Database>(target.path, flags,
                                                  target.busy_timeout_ms);
     db->exec("PRAGMA foreign_keys = ON");
+    static int allowed = 1;
+    sqlite3_set_authorizer(db->getHandle(), &Authorize,
+                           target.allow_attach ? &allowed : nullptr);
     if (writer && !target.memory && !target.read_only) {
       // WAL lets the readers read while the writer writes. Persistent in
       // the file, so the readers need not set it. On file systems without
@@ -324,242 +348,31 @@ absl::Status BindParams(sqlite3* db, sqlite3_stmt* stmt,
 }
 
 // ---------------------------------------------------------------------------
-// Batches
+// Cells
 
-// SQLite TEXT may hold bytes that are not UTF-8; protobuf strings must be
-// UTF-8 or the client fails to parse the batch. Such cells travel as BLOBs.
-bool IsValidUtf8(const unsigned char* s, size_t n) {
-  size_t i = 0;
-  while (i < n) {
-    // Fast path: eight ASCII bytes at a time.
-    if (i + 8 <= n) {
-      uint64_t word;
-      std::memcpy(&word, s + i, 8);
-      if ((word & 0x8080808080808080ull) == 0) {
-        i += 8;
-        continue;
-      }
-    }
-    unsigned char c = s[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    int length;
-    uint32_t min;
-    uint32_t code;
-    if ((c & 0xe0) == 0xc0) {
-      length = 2, min = 0x80, code = c & 0x1f;
-    } else if ((c & 0xf0) == 0xe0) {
-      length = 3, min = 0x800, code = c & 0x0f;
-    } else if ((c & 0xf8) == 0xf0) {
-      length = 4, min = 0x10000, code = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + length > n) return false;
-    for (int k = 1; k < length; ++k) {
-      unsigned char cc = s[i + k];
-      if ((cc & 0xc0) != 0x80) return false;
-      code = (code << 6) | (cc & 0x3f);
-    }
-    if (code < min || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) {
-      return false;
-    }
-    i += length;
-  }
-  return true;
-}
-
-// A column's storage class in the batch being built: one of SQLite's
-// fundamental types, none yet (every row so far NULL), or several.
-constexpr int kNoClass = 0;
-constexpr int kMixed = -1;
-
-// About what a cell costs on the wire: its payload plus a tag and a length.
-constexpr size_t kCellOverhead = 2;
-
-// Builds one ColumnVector of a batch in place, typed while the batch's
-// non-NULL cells share one storage class, and switching to `mixed` (moving
-// what it holds so far) when a second class appears.
-class ColumnBuilder {
- public:
-  explicit ColumnBuilder(v1::ColumnVector* out) : out_(out) {}
-
-  int storage_class() const { return class_; }
-  bool has_null() const { return !null_rows_.empty(); }
-
-  // Appends the cell of column `col` of the current row of `stmt` as row
-  // `row` of the batch; returns its estimated size.
-  size_t Append(sqlite3_stmt* stmt, int col, int row) {
-    int type = sqlite3_column_type(stmt, col);
-    const unsigned char* text = nullptr;
-    int bytes = 0;
-    if (type == SQLITE_TEXT) {
-      text = sqlite3_column_text(stmt, col);
-      bytes = sqlite3_column_bytes(stmt, col);
-      if (text != nullptr && !IsValidUtf8(text, static_cast<size_t>(bytes))) {
-        type = SQLITE_BLOB;
-      }
-    } else if (type == SQLITE_BLOB) {
-      text = static_cast<const unsigned char*>(sqlite3_column_blob(stmt, col));
-      bytes = sqlite3_column_bytes(stmt, col);
-    }
-    if (type == SQLITE_NULL) {
-      null_rows_.push_back(row);
-      AppendPlaceholder();
-      return 1;
-    }
-    if (class_ == kNoClass) {
-      StartTyped(type, row);
-    } else if (class_ != type && class_ != kMixed) {
-      ConvertToMixed(row);
-    }
-    const char* data = reinterpret_cast<const char*>(text);
-    if (class_ == kMixed) {
-      v1::Value* value = out_->mutable_mixed()->add_values();
-      switch (type) {
-        case SQLITE_INTEGER:
-          value->set_int64_value(sqlite3_column_int64(stmt, col));
-          break;
-        case SQLITE_FLOAT:
-          value->set_double_value(sqlite3_column_double(stmt, col));
-          break;
-        case SQLITE_TEXT:
-          value->mutable_text_value()->assign(data, bytes);
-          break;
-        default:
-          value->mutable_blob_value()->assign(data, bytes);
-          break;
-      }
-    } else {
-      switch (type) {
-        case SQLITE_INTEGER:
-          out_->mutable_int64s()->add_values(sqlite3_column_int64(stmt, col));
-          break;
-        case SQLITE_FLOAT:
-          out_->mutable_doubles()->add_values(sqlite3_column_double(stmt, col));
-          break;
-        case SQLITE_TEXT:
-          out_->mutable_texts()->add_values()->assign(data, bytes);
-          break;
-        default:
-          out_->mutable_blobs()->add_values()->assign(data, bytes);
-          break;
-      }
-    }
-    if (type == SQLITE_TEXT || type == SQLITE_BLOB) {
-      return static_cast<size_t>(bytes) + kCellOverhead;
-    }
-    return 8 + kCellOverhead;
-  }
-
-  // Writes the null mask once the batch has `rows` rows: only when a NULL
-  // was seen, then with one entry per row.
-  void Finish(int rows) {
-    if (null_rows_.empty()) return;
-    auto* nulls = out_->mutable_nulls();
-    nulls->Resize(rows, false);
-    for (int row : null_rows_) nulls->Set(row, true);
-  }
-
- private:
-  void AppendPlaceholder() {
-    switch (class_) {
-      case kNoClass:
-        break;  // no vector yet: StartTyped fills the rows before it
-      case kMixed:
-        out_->mutable_mixed()->add_values()->set_null_value(v1::NULL_VALUE);
-        break;
-      case SQLITE_INTEGER:
-        out_->mutable_int64s()->add_values(0);
-        break;
-      case SQLITE_FLOAT:
-        out_->mutable_doubles()->add_values(0);
-        break;
-      case SQLITE_TEXT:
-        out_->mutable_texts()->add_values();
-        break;
-      default:
-        out_->mutable_blobs()->add_values();
-        break;
-    }
-  }
-
-  // The first non-NULL cell, at `row`: every row before it was NULL.
-  void StartTyped(int type, int row) {
-    class_ = type;
-    switch (type) {
-      case SQLITE_INTEGER:
-        out_->mutable_int64s()->mutable_values()->Resize(row, 0);
-        break;
-      case SQLITE_FLOAT:
-        out_->mutable_doubles()->mutable_values()->Resize(row, 0);
-        break;
-      case SQLITE_TEXT:
-        for (int i = 0; i < row; ++i) out_->mutable_texts()->add_values();
-        if (row == 0) out_->mutable_texts();
-        break;
-      default:
-        for (int i = 0; i < row; ++i) out_->mutable_blobs()->add_values();
-        if (row == 0) out_->mutable_blobs();
-        break;
-    }
-  }
-
-  // Rewrites rows [0, row) of the typed vector as Values, NULLs included.
-  void ConvertToMixed(int row) {
-    v1::ColumnVector typed;
-    typed.Swap(out_);  // out_ is now empty; `typed` holds the old vector
-    auto* values = out_->mutable_mixed()->mutable_values();
-    values->Reserve(row + 1);
-    size_t next_null = 0;
-    for (int r = 0; r < row; ++r) {
-      v1::Value* value = values->Add();
-      if (next_null < null_rows_.size() && null_rows_[next_null] == r) {
-        ++next_null;
-        value->set_null_value(v1::NULL_VALUE);
-        continue;
-      }
-      switch (class_) {
-        case SQLITE_INTEGER:
-          value->set_int64_value(typed.int64s().values(r));
-          break;
-        case SQLITE_FLOAT:
-          value->set_double_value(typed.doubles().values(r));
-          break;
-        case SQLITE_TEXT:
-          value->set_text_value(
-              std::move(*typed.mutable_texts()->mutable_values(r)));
-          break;
-        default:
-          value->set_blob_value(
-              std::move(*typed.mutable_blobs()->mutable_values(r)));
-          break;
-      }
-    }
-    class_ = kMixed;
-  }
-
-  v1::ColumnVector* out_;
-  int class_ = kNoClass;
-  std::vector<int> null_rows_;  // ascending
-};
-
-v1::ValueKind KindOfClass(int storage_class) {
-  switch (storage_class) {
+// Appends the cell of column `col` of the current row of `stmt` as row `row`
+// of its column; returns its estimated size. SQLite's storage class decides
+// the kind (a column may hold several: ColumnBuilder goes mixed then).
+size_t AppendCell(sqlite3_stmt* stmt, int col, int row, ColumnBuilder& out) {
+  switch (sqlite3_column_type(stmt, col)) {
     case SQLITE_INTEGER:
-      return v1::VALUE_KIND_INT64;
+      return out.AppendInt64(row, sqlite3_column_int64(stmt, col));
     case SQLITE_FLOAT:
-      return v1::VALUE_KIND_DOUBLE;
-    case SQLITE_TEXT:
-      return v1::VALUE_KIND_TEXT;
-    case SQLITE_BLOB:
-      return v1::VALUE_KIND_BLOB;
-    case kMixed:
-      return v1::VALUE_KIND_MIXED;
+      return out.AppendDouble(row, sqlite3_column_double(stmt, col));
+    case SQLITE_TEXT: {
+      const unsigned char* text = sqlite3_column_text(stmt, col);
+      const int bytes = sqlite3_column_bytes(stmt, col);
+      return out.AppendText(
+          row, absl::string_view(reinterpret_cast<const char*>(text), bytes));
+    }
+    case SQLITE_BLOB: {
+      const void* blob = sqlite3_column_blob(stmt, col);
+      const int bytes = sqlite3_column_bytes(stmt, col);
+      return out.AppendBlob(
+          row, absl::string_view(static_cast<const char*>(blob), bytes));
+    }
     default:
-      return v1::VALUE_KIND_NULL;
+      return out.AppendNull(row);
   }
 }
 
@@ -571,16 +384,32 @@ v1::ValueKind KindOfClass(int storage_class) {
 // lands just before the first sqlite3_step (SQLite clears the flag when a
 // statement starts on an otherwise idle connection).
 int ProgressCancelled(void* flag) {
-  return static_cast<std::atomic<bool>*>(flag)->load(std::memory_order_relaxed)
+  return static_cast<const std::atomic<bool>*>(flag)->load(
+             std::memory_order_relaxed)
              ? 1
              : 0;
 }
 
+// A flag that never fires, for calls without a CancelSignal.
+const std::atomic<bool> kNeverCancelled{false};
+
+const std::atomic<bool>* FlagOf(CancelSignal* cancel) {
+  return cancel != nullptr ? cancel->flag() : &kNeverCancelled;
+}
+
+bool Cancelled(CancelSignal* cancel) {
+  return cancel != nullptr && cancel->cancelled();
+}
+
 class SqliteCursor : public ResultCursor {
  public:
-  SqliteCursor(Lease lease, StmtPtr stmt)
-      : db_(lease->handle()), stmt_(std::move(stmt)), lease_(std::move(lease)) {
-    sqlite3_progress_handler(db_, 1000, &ProgressCancelled, &cancelled_);
+  SqliteCursor(Lease lease, StmtPtr stmt, CancelSignal* cancel)
+      : db_(lease->handle()),
+        stmt_(std::move(stmt)),
+        cancel_(cancel),
+        lease_(std::move(lease)) {
+    sqlite3_progress_handler(db_, 1000, &ProgressCancelled,
+                             const_cast<std::atomic<bool>*>(FlagOf(cancel_)));
     const int columns = sqlite3_column_count(stmt_.get());
     not_null_.assign(columns, false);
     for (int i = 0; i < columns; ++i) {
@@ -613,6 +442,15 @@ class SqliteCursor : public ResultCursor {
   absl::StatusOr<bool> Next(int max_rows, size_t max_bytes,
                             v1::RowBatch* batch) override {
     try {
+      // sqlite3_interrupt is safe from any thread while the backend is
+      // ours, which it is for as long as this call runs.
+      sqlite3* db = db_;
+      ScopedInterrupt armed(cancel_, [db] { sqlite3_interrupt(db); });
+      if (!armed.ok()) {
+        batch->Clear();
+        Finish(/*broken=*/false);
+        return absl::CancelledError("query cancelled");
+      }
       return NextImpl(max_rows, max_bytes, batch);
     } catch (const std::exception& e) {
       Finish(/*broken=*/true);
@@ -620,28 +458,11 @@ class SqliteCursor : public ResultCursor {
     }
   }
 
-  void Cancel() override {
-    cancelled_.store(true, std::memory_order_relaxed);
-    absl::MutexLock lock(&mu_);
-    // Only while the backend is still ours: once returned to the pool it
-    // may run someone else's statement.
-    if (lease_) sqlite3_interrupt(lease_->handle());
-  }
-
  private:
   absl::StatusOr<bool> NextImpl(int max_rows, size_t max_bytes,
                                 v1::RowBatch* batch) {
-    batch->Clear();
     const int columns = schema_.columns_size();
-    std::vector<ColumnBuilder> builders;
-    builders.reserve(columns);
-    for (int i = 0; i < columns; ++i) {
-      builders.emplace_back(batch->add_columns());
-    }
-    if (cancelled_.load(std::memory_order_relaxed)) {
-      Finish(/*broken=*/false);
-      return absl::CancelledError("query cancelled");
-    }
+    std::vector<ColumnBuilder> builders = StartBatch(columns, batch);
     if (stmt_ == nullptr) return false;  // exhausted (or failed) before
 
     int rows = 0;
@@ -656,13 +477,13 @@ class SqliteCursor : public ResultCursor {
         }
         if (rc != SQLITE_ROW) {
           absl::Status status = SqliteError(db_, rc);
-          if (cancelled_.load(std::memory_order_relaxed)) {
+          if (Cancelled(cancel_)) {
             status = absl::CancelledError("query cancelled");
           }
           Finish(/*broken=*/status.code() == absl::StatusCode::kUnavailable);
           return status;
         }
-        if (cancelled_.load(std::memory_order_relaxed)) {
+        if (Cancelled(cancel_)) {
           Finish(/*broken=*/false);
           return absl::CancelledError("query cancelled");
         }
@@ -677,7 +498,7 @@ class SqliteCursor : public ResultCursor {
       }
       pending_row_ = false;
       for (int i = 0; i < columns; ++i) {
-        bytes += builders[i].Append(stmt_.get(), i, rows);
+        bytes += AppendCell(stmt_.get(), i, rows, builders[i]);
       }
       ++rows;
     }
@@ -685,11 +506,7 @@ class SqliteCursor : public ResultCursor {
     for (int i = 0; i < columns; ++i) builders[i].Finish(rows);
     if (!first_batch_done_) {
       first_batch_done_ = true;
-      for (int i = 0; i < columns; ++i) {
-        v1::Column* column = schema_.mutable_columns(i);
-        column->set_kind(KindOfClass(builders[i].storage_class()));
-        column->set_nullable(!not_null_[i] || builders[i].has_null());
-      }
+      SettleSchema(builders, not_null_, &schema_);
     }
     if (!more) Finish(/*broken=*/false);
     return more;
@@ -698,35 +515,25 @@ class SqliteCursor : public ResultCursor {
   // Finalizes the statement and gives the backend back at once (the result
   // is exhausted or failed; no need to wait for the cursor's destruction).
   void Finish(bool broken) {
-    if (stmt_ != nullptr) {
-      // Ends the read transaction, so WAL checkpoints are not held back.
-      stmt_.reset();
-    }
-    Lease lease;
-    {
-      absl::MutexLock lock(&mu_);
-      lease = std::move(lease_);
-    }
-    if (lease) {
-      if (broken) lease.MarkBroken();
+    // Finalizing ends the read transaction, so WAL checkpoints are not held
+    // back.
+    stmt_.reset();
+    if (lease_) {
+      if (broken) lease_.MarkBroken();
       sqlite3_progress_handler(db_, 0, nullptr, nullptr);
+      lease_.Release();
     }
-    // `lease` returns the backend here, outside mu_.
   }
 
-  // Owner thread only. Valid while the lease is held (stmt_ != nullptr
-  // implies it is).
+  // Valid while the lease is held (stmt_ != nullptr implies it is).
   sqlite3* const db_;
   StmtPtr stmt_;
+  CancelSignal* const cancel_;  // may be null
   v1::Schema schema_;
   std::vector<bool> not_null_;  // declared NOT NULL, per column
   bool first_batch_done_ = false;
   bool pending_row_ = false;  // the statement's current row is not sent yet
-  std::atomic<bool> cancelled_{false};
-
-  // Guards the lease against Cancel() racing with its return to the pool.
-  absl::Mutex mu_;
-  Lease lease_ ABSL_GUARDED_BY(mu_);
+  Lease lease_;
 };
 
 // ---------------------------------------------------------------------------
@@ -744,19 +551,28 @@ class SqliteDatabase : public Database {
     if (readers_ != nullptr) readers_->Close();
   }
 
+  void Reserve(Access access, CancelSignal* cancel,
+               ReserveCallback ready) override {
+    const bool on_reader = access == Access::kRead && readers_ != nullptr;
+    (on_reader ? readers_ : writer_)->Reserve(cancel, std::move(ready));
+  }
+
   absl::StatusOr<std::unique_ptr<ResultCursor>> Query(
-      const std::string& sql, const v1::Params& params) override {
+      const std::string& sql, const v1::Params& params, Reservation slot,
+      CancelSignal* cancel) override {
     try {
-      return QueryImpl(sql, params);
+      return QueryImpl(sql, params, std::move(slot), cancel);
     } catch (const std::exception& e) {
       return InternalFromException(e);
     }
   }
 
   absl::StatusOr<ExecuteResult> Execute(const std::string& sql,
-                                        const v1::Params& params) override {
+                                        const v1::Params& params,
+                                        Reservation slot,
+                                        CancelSignal* cancel) override {
     try {
-      return ExecuteImpl(sql, params);
+      return ExecuteImpl(sql, params, std::move(slot), cancel);
     } catch (const std::exception& e) {
       return InternalFromException(e);
     }
@@ -768,9 +584,12 @@ class SqliteDatabase : public Database {
     return count;
   }
 
-  void CloseIdle() override {
+  void Maintain() override {
     // The writer is kept (see the file comment); readers go when idle.
-    if (readers_ != nullptr) readers_->CloseIdle(absl::Now());
+    if (readers_ != nullptr) {
+      readers_->CloseIdle(absl::Now());
+      readers_->FillMinIdle();
+    }
   }
 
   v1::PoolStats Stats() const override {
@@ -780,9 +599,14 @@ class SqliteDatabase : public Database {
     v1::PoolStats stats;
     stats.set_open(w.open + r.open);
     stats.set_in_use(w.in_use + r.in_use);
+    stats.set_idle(w.idle + r.idle);
+    stats.set_waiting(w.waiting + r.waiting);
     stats.set_max_size(w.max_size + r.max_size);
     stats.set_opened_total(w.opened_total + r.opened_total);
     stats.set_acquire_timeouts(w.acquire_timeouts + r.acquire_timeouts);
+    stats.set_recycled(w.recycled + r.recycled);
+    stats.set_pre_ping_failures(w.pre_ping_failures + r.pre_ping_failures);
+    stats.set_connect_failures(w.connect_failures + r.connect_failures);
     return stats;
   }
 
@@ -798,20 +622,30 @@ class SqliteDatabase : public Database {
     return stmt;
   }
 
+  absl::StatusOr<Lease> ClaimOn(Reservation slot) {
+    if (readers_ != nullptr && slot.source() == readers_.get()) {
+      return readers_->Claim(std::move(slot));
+    }
+    return writer_->Claim(std::move(slot));
+  }
+
   absl::StatusOr<std::unique_ptr<ResultCursor>> QueryImpl(
-      const std::string& sql, const v1::Params& params) {
-    const bool on_reader = readers_ != nullptr;
-    absl::StatusOr<Lease> lease =
-        on_reader ? readers_->Acquire() : writer_->Acquire();
+      const std::string& sql, const v1::Params& params, Reservation slot,
+      CancelSignal* cancel) {
+    const bool on_reader =
+        readers_ != nullptr && slot.source() == readers_.get();
+    absl::StatusOr<Lease> lease = ClaimOn(std::move(slot));
     if (!lease.ok()) return lease.status();
     absl::StatusOr<StmtPtr> stmt = PrepareOn(*lease, sql);
     if (!stmt.ok()) return stmt.status();
     if (on_reader && !sqlite3_stmt_readonly(stmt->get())) {
       // It writes (INSERT ... RETURNING, a write in a CTE, a pragma that
       // changes the file): readers are read-only, so the writer runs it.
+      // This one wait holds the worker (bounded by the acquire timeout):
+      // whether a statement writes is known only once it is prepared.
       stmt->reset();  // finalize before the backend goes back
       lease->Release();
-      lease = writer_->Acquire();
+      lease = writer_->Acquire(cancel);
       if (!lease.ok()) return lease.status();
       stmt = PrepareOn(*lease, sql);
       if (!stmt.ok()) return stmt.status();
@@ -819,24 +653,50 @@ class SqliteDatabase : public Database {
     absl::Status bound = BindParams((*lease)->handle(), stmt->get(), params);
     if (!bound.ok()) return bound;
     return std::unique_ptr<ResultCursor>(
-        new SqliteCursor(std::move(*lease), std::move(*stmt)));
+        new SqliteCursor(std::move(*lease), std::move(*stmt), cancel));
   }
 
   // Runs every statement of `sql` in order. With parameters the SQL must
   // hold one statement (which statement would they bind to otherwise?);
   // without, it is a script, as Python's executescript runs one: each
   // statement in autocommit unless the script says BEGIN, and a failure
-  // leaves the statements before it done.
+  // leaves the statements before it done. A script that leaves a
+  // transaction open is rolled back and refused: its writes would otherwise
+  // be acknowledged now and rolled back when the backend is recycled.
   absl::StatusOr<ExecuteResult> ExecuteImpl(const std::string& sql,
-                                            const v1::Params& params) {
+                                            const v1::Params& params,
+                                            Reservation slot,
+                                            CancelSignal* cancel) {
     if (sql.size() > static_cast<size_t>(INT_MAX)) {
       return absl::InvalidArgumentError("SQL text too long");
     }
     const bool has_params =
         params.positional_size() > 0 || !params.named().empty();
-    absl::StatusOr<Lease> lease = writer_->Acquire();
+    absl::StatusOr<Lease> lease = writer_->Claim(std::move(slot));
     if (!lease.ok()) return lease.status();
     sqlite3* db = (*lease)->handle();
+    sqlite3_progress_handler(db, 1000, &ProgressCancelled,
+                             const_cast<std::atomic<bool>*>(FlagOf(cancel)));
+    ScopedInterrupt armed(cancel, [db] { sqlite3_interrupt(db); });
+    if (!armed.ok()) return absl::CancelledError("statement cancelled");
+    absl::StatusOr<ExecuteResult> result =
+        RunScript(*lease, sql, params, has_params, cancel);
+    if (result.ok() && !sqlite3_get_autocommit(db)) {
+      // RecycleBackend rolls it back as the lease goes.
+      return absl::FailedPreconditionError(
+          "the statement left a transaction open; it was rolled back "
+          "(Execute commits each call on its own: send BEGIN ... COMMIT "
+          "in one script)");
+    }
+    return result;
+  }
+
+  static absl::StatusOr<ExecuteResult> RunScript(Lease& lease,
+                                                 const std::string& sql,
+                                                 const v1::Params& params,
+                                                 bool has_params,
+                                                 CancelSignal* cancel) {
+    sqlite3* db = lease->handle();
     ExecuteResult result;
     const char* next = sql.data();
     const char* end = sql.data() + sql.size();
@@ -844,7 +704,7 @@ class SqliteDatabase : public Database {
     while (next < end) {
       const char* tail = end;
       absl::StatusOr<StmtPtr> stmt = PrepareFirst(db, next, end, &tail);
-      if (!stmt.ok()) return Failed(*lease, stmt.status(), index + 1);
+      if (!stmt.ok()) return Failed(lease, stmt.status(), index + 1, cancel);
       next = tail;
       if (*stmt == nullptr) continue;  // blanks or a comment
       ++index;
@@ -855,14 +715,14 @@ class SqliteDatabase : public Database {
             "after the first (run a script without parameters)");
       }
       absl::Status bound = BindParams(db, stmt->get(), params);
-      if (!bound.ok()) return Failed(*lease, bound, index);
+      if (!bound.ok()) return Failed(lease, bound, index, cancel);
       const int64_t total_before = sqlite3_total_changes64(db);
       int rc;
       do {
         rc = sqlite3_step(stmt->get());  // rows of a SELECT are dropped
       } while (rc == SQLITE_ROW);
       if (rc != SQLITE_DONE) {
-        return Failed(*lease, SqliteError(db, rc), index);
+        return Failed(lease, SqliteError(db, rc), index, cancel);
       }
       // sqlite3_changes64 keeps the count of the last INSERT/UPDATE/DELETE
       // across other statements (CREATE TABLE); only trust it when this
@@ -876,7 +736,8 @@ class SqliteDatabase : public Database {
   }
 
   static absl::Status Failed(Lease& lease, const absl::Status& status,
-                             int index) {
+                             int index, CancelSignal* cancel) {
+    if (Cancelled(cancel)) return absl::CancelledError("statement cancelled");
     if (status.code() == absl::StatusCode::kUnavailable) lease.MarkBroken();
     if (index <= 1) return status;
     return absl::Status(status.code(), absl::StrCat("statement ", index, ": ",
@@ -903,6 +764,10 @@ absl::StatusOr<std::unique_ptr<Database>> OpenSqliteDatabase(
   target.memory = sql.IsSqliteMemory();
   target.path = target.memory ? ":memory:" : sql.database;
   target.busy_timeout_ms = ClampMillis(settings.busy_timeout);
+  if (auto it = spec.params.find("allow_attach"); it != spec.params.end()) {
+    const bool* allowed = std::get_if<bool>(&it->second);
+    target.allow_attach = allowed != nullptr && *allowed;
+  }
   // SQLite's own URI options; others (SQLAlchemy's, e.g. check_same_thread)
   // are ignored.
   auto mode = sql.query.find("mode");
@@ -911,27 +776,29 @@ absl::StatusOr<std::unique_ptr<Database>> OpenSqliteDatabase(
     if (mode->second == "rw") target.create = false;
   }
 
-  BackendPoolOptions writer_options;
-  writer_options.name = spec.name;
-  writer_options.role = "writer";
-  writer_options.max_size = 1;
-  writer_options.acquire_timeout = settings.acquire_timeout;
+  // One writer, never closed for idleness (see the file comment).
+  BackendPoolOptions writer_options = PoolOptionsFor(spec, "writer");
+  writer_options.pool_size = 1;
+  writer_options.max_overflow = 0;
+  writer_options.min_idle = 0;
+  writer_options.idle_timeout = absl::InfiniteDuration();
+  writer_options.recycle = absl::InfiniteDuration();
+  writer_options.pre_ping_after = absl::InfiniteDuration();
   std::shared_ptr<Pool> writer = Pool::Create(
-      writer_options, [target] { return OpenBackend(target, /*writer=*/true); },
-      &RecycleBackend);
+      writer_options,
+      {[target] { return OpenBackend(target, /*writer=*/true); },
+       &RecycleBackend, nullptr});
 
+  // pool_size readers; SQLite gains nothing from overflow readers.
   std::shared_ptr<Pool> readers;
-  if (!target.memory && settings.readers > 0) {
-    BackendPoolOptions reader_options;
-    reader_options.name = spec.name;
-    reader_options.role = "reader";
-    reader_options.max_size = settings.readers;
-    reader_options.acquire_timeout = settings.acquire_timeout;
-    reader_options.idle_timeout = settings.idle_timeout;
+  if (!target.memory && settings.pool_size > 0) {
+    BackendPoolOptions reader_options = PoolOptionsFor(spec, "reader");
+    reader_options.max_overflow = 0;
+    reader_options.pre_ping_after = absl::InfiniteDuration();
     readers = Pool::Create(
         reader_options,
-        [target] { return OpenBackend(target, /*writer=*/false); },
-        &RecycleBackend);
+        {[target] { return OpenBackend(target, /*writer=*/false); },
+         &RecycleBackend, nullptr});
   }
 
   // Opening the writer now makes a bad path fail at Connect, creates a

@@ -79,7 +79,7 @@ max_entry_bytes = 1000
   EXPECT_EQ(s->worker_threads, 8);
   EXPECT_EQ(s->default_max_entries, 100);
   EXPECT_EQ(s->default_ttl, absl::Minutes(10));
-  EXPECT_EQ(s->pool.readers, 2);
+  EXPECT_EQ(s->pool.pool_size, 2);
   EXPECT_EQ(s->pool.acquire_timeout, absl::Seconds(3));
   EXPECT_EQ(s->pool.busy_timeout, absl::Milliseconds(500));
   EXPECT_EQ(s->pool.idle_timeout, absl::Hours(1));

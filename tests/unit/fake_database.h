@@ -39,16 +39,22 @@ class CountingDatabase final : public server::Database {
     ++counters_->destroyed;
   }
 
+  void Reserve(server::Access, server::CancelSignal*,
+               server::ReserveCallback ready) override {
+    ready(absl::UnimplementedError("CountingDatabase runs no SQL"));
+  }
   absl::StatusOr<std::unique_ptr<server::ResultCursor>> Query(
-      const std::string&, const v1::Params&) override {
+      const std::string&, const v1::Params&, server::Reservation,
+      server::CancelSignal*) override {
     return absl::UnimplementedError("CountingDatabase runs no SQL");
   }
-  absl::StatusOr<server::ExecuteResult> Execute(const std::string&,
-                                                const v1::Params&) override {
+  absl::StatusOr<server::ExecuteResult> Execute(
+      const std::string&, const v1::Params&, server::Reservation,
+      server::CancelSignal*) override {
     return absl::UnimplementedError("CountingDatabase runs no SQL");
   }
   int Reset() override { return 0; }
-  void CloseIdle() override {}
+  void Maintain() override {}
   v1::PoolStats Stats() const override {
     v1::PoolStats stats;
     stats.set_max_size(7);

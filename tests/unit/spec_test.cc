@@ -304,7 +304,7 @@ TEST(ResolveSpecTest, Scope) {
 
 TEST(ResolveSpecTest, CreateEngineKwargsMapToPool) {
   PoolSettings defaults;
-  defaults.readers = 7;
+  defaults.pool_size = 7;
   defaults.idle_timeout = absl::Minutes(3);
   absl::StatusOr<ConnectionSpec> spec =
       ResolveSpec({"local",
@@ -315,7 +315,7 @@ TEST(ResolveSpecTest, CreateEngineKwargsMapToPool) {
                     {"create_engine_kwargs.echo", true}}},
                   TestSecrets(), MapEnv({}), defaults);
   ASSERT_TRUE(spec.ok()) << spec.status();
-  EXPECT_EQ(spec->pool.readers, 2);
+  EXPECT_EQ(spec->pool.pool_size, 2);
   EXPECT_EQ(spec->pool.acquire_timeout, absl::Minutes(1));
   EXPECT_EQ(spec->pool.busy_timeout, absl::Milliseconds(2500));
   EXPECT_EQ(spec->pool.idle_timeout, absl::Minutes(3));

@@ -1,5 +1,6 @@
 // Tests of the SQLite driver (server/drivers/sqlite_database.cc) and of
 // OpenDatabase, against real SQLite files in a fresh temporary directory.
+#include <SQLiteCpp/Database.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -38,7 +39,7 @@ class SqliteDatabaseTest : public ::testing::Test {
     spec.type = "sql";
     spec.sql.dialect = "sqlite";
     spec.sql.database = database;
-    spec.pool.readers = readers;
+    spec.pool.pool_size = readers;
     spec.pool.acquire_timeout = absl::Seconds(5);
     spec.pool.busy_timeout = absl::Seconds(2);
     return spec;
@@ -57,7 +58,7 @@ class SqliteDatabaseTest : public ::testing::Test {
 
   static void Exec(Database& db, const std::string& sql,
                    const v1::Params& params = {}) {
-    absl::StatusOr<ExecuteResult> result = db.Execute(sql, params);
+    absl::StatusOr<ExecuteResult> result = ExecuteNow(db, sql, params);
     ASSERT_TRUE(result.ok()) << sql << ": " << result.status();
   }
 
@@ -73,7 +74,7 @@ class SqliteDatabaseTest : public ::testing::Test {
                                     int max_rows = 1000,
                                     size_t max_bytes = 1 << 20) {
     absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
-        db.Query(sql, params);
+        QueryNow(db, sql, params);
     if (!cursor.ok()) return cursor.status();
     Result result;
     while (true) {
@@ -121,7 +122,7 @@ TEST_F(SqliteDatabaseTest, TypedColumnsAndNulls) {
   ASSERT_NE(db, nullptr);
   Exec(*db,
        "CREATE TABLE t(id INTEGER NOT NULL, r REAL, s TEXT, b BLOB, z TEXT)");
-  absl::StatusOr<ExecuteResult> inserted = db->Execute(
+  absl::StatusOr<ExecuteResult> inserted = ExecuteNow(*db, 
       "INSERT INTO t VALUES (1, 1.5, 'a', x'00ff', NULL),"
       " (2, NULL, 'b', x'', NULL), (3, 3.25, 'c', x'01', NULL)",
       {});
@@ -355,27 +356,27 @@ TEST_F(SqliteDatabaseTest, WrongParamsAreInvalidArgument) {
   v1::Params one;
   *one.add_positional() = Int(1);
   absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
-      db->Query("SELECT ?, ?", one);
+      QueryNow(*db, "SELECT ?, ?", one);
   ASSERT_FALSE(cursor.ok());
   EXPECT_EQ(cursor.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(cursor.status().message(),
               HasSubstr("statement has 2 parameters, 1 given"));
 
-  cursor = db->Query("SELECT 1", one);
+  cursor = QueryNow(*db, "SELECT 1", one);
   ASSERT_FALSE(cursor.ok());
   EXPECT_THAT(cursor.status().message(),
               HasSubstr("statement has 0 parameters, 1 given"));
 
   v1::Params named;
   (*named.mutable_named())["other"] = Int(1);
-  cursor = db->Query("SELECT :id", named);
+  cursor = QueryNow(*db, "SELECT :id", named);
   ASSERT_FALSE(cursor.ok());
   EXPECT_EQ(cursor.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(cursor.status().message(),
               HasSubstr("no value for parameter :id"));
 
   absl::StatusOr<ExecuteResult> executed =
-      db->Execute("CREATE TABLE x(a); INSERT INTO x VALUES (?)", one);
+      ExecuteNow(*db, "CREATE TABLE x(a); INSERT INTO x VALUES (?)", one);
   ASSERT_FALSE(executed.ok());
   EXPECT_EQ(executed.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(executed.status().message(), HasSubstr("one statement"));
@@ -391,17 +392,17 @@ TEST_F(SqliteDatabaseTest, BadSqlCarriesSqliteMessage) {
   std::unique_ptr<Database> db = OpenFile();
   ASSERT_NE(db, nullptr);
   absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
-      db->Query("SELECT * FROM nope", {});
+      QueryNow(*db, "SELECT * FROM nope", {});
   ASSERT_FALSE(cursor.ok());
   EXPECT_EQ(cursor.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(cursor.status().message(), HasSubstr("no such table: nope"));
 
-  cursor = db->Query("SELEC 1", {});
+  cursor = QueryNow(*db, "SELEC 1", {});
   ASSERT_FALSE(cursor.ok());
   EXPECT_EQ(cursor.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(cursor.status().message(), HasSubstr("syntax error"));
 
-  cursor = db->Query("SELECT 1; SELECT 2", {});
+  cursor = QueryNow(*db, "SELECT 1; SELECT 2", {});
   ASSERT_FALSE(cursor.ok());
   EXPECT_EQ(cursor.status().code(), absl::StatusCode::kInvalidArgument);
 
@@ -409,7 +410,7 @@ TEST_F(SqliteDatabaseTest, BadSqlCarriesSqliteMessage) {
   Exec(*db, "CREATE TABLE u(a INTEGER UNIQUE)");
   Exec(*db, "INSERT INTO u VALUES (1)");
   absl::StatusOr<ExecuteResult> dup =
-      db->Execute("INSERT INTO u VALUES (1)", {});
+      ExecuteNow(*db, "INSERT INTO u VALUES (1)", {});
   ASSERT_FALSE(dup.ok());
   EXPECT_EQ(dup.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(dup.status().message(), HasSubstr("UNIQUE constraint failed"));
@@ -418,7 +419,7 @@ TEST_F(SqliteDatabaseTest, BadSqlCarriesSqliteMessage) {
   Exec(*db, "CREATE TABLE parent(id INTEGER PRIMARY KEY)");
   Exec(*db, "CREATE TABLE child(p INTEGER REFERENCES parent(id))");
   absl::StatusOr<ExecuteResult> orphan =
-      db->Execute("INSERT INTO child VALUES (42)", {});
+      ExecuteNow(*db, "INSERT INTO child VALUES (42)", {});
   ASSERT_FALSE(orphan.ok());
   EXPECT_THAT(orphan.status().message(), HasSubstr("FOREIGN KEY"));
 }
@@ -455,7 +456,7 @@ TEST_F(SqliteDatabaseTest, ReadersSeeCommittedWritesInWal) {
   // A reader in the middle of a result keeps its snapshot while the writer
   // commits, and the next query sees the new rows.
   absl::StatusOr<std::unique_ptr<ResultCursor>> open =
-      db->Query("SELECT a FROM t", {});
+      QueryNow(*db, "SELECT a FROM t", {});
   ASSERT_TRUE(open.ok()) << open.status();
   v1::RowBatch batch;
   ASSERT_TRUE((*open)->Next(1, 1 << 20, &batch).ok());
@@ -479,7 +480,7 @@ TEST_F(SqliteDatabaseTest, ConcurrentQueriesNeverShareABackend) {
     threads.emplace_back([&] {
       for (int i = 0; i < 40; ++i) {
         absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
-            db->Query("SELECT a FROM t ORDER BY a", {});
+            QueryNow(*db, "SELECT a FROM t ORDER BY a", {});
         if (!cursor.ok()) {
           ++failures;
           continue;
@@ -525,7 +526,7 @@ TEST_F(SqliteDatabaseTest, AcquireTimeoutIsResourceExhausted) {
   Exec(*db, "INSERT INTO t VALUES (1), (2), (3)");
 
   absl::StatusOr<std::unique_ptr<ResultCursor>> held =
-      db->Query("SELECT a FROM t", {});
+      QueryNow(*db, "SELECT a FROM t", {});
   ASSERT_TRUE(held.ok()) << held.status();
   v1::RowBatch batch;
   absl::StatusOr<bool> more = (*held)->Next(1, 1 << 20, &batch);
@@ -535,12 +536,12 @@ TEST_F(SqliteDatabaseTest, AcquireTimeoutIsResourceExhausted) {
 
   absl::Time start = absl::Now();
   absl::StatusOr<std::unique_ptr<ResultCursor>> second =
-      db->Query("SELECT a FROM t", {});
+      QueryNow(*db, "SELECT a FROM t", {});
   absl::Duration waited = absl::Now() - start;
   ASSERT_FALSE(second.ok());
   EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(second.status().message(),
-              HasSubstr("no free reader connection for test within 50ms"));
+              HasSubstr("no free reader for connection test within 50ms"));
   EXPECT_GE(waited, absl::Milliseconds(45));
   EXPECT_EQ(db->Stats().acquire_timeouts(), 1);
 
@@ -554,17 +555,19 @@ TEST_F(SqliteDatabaseTest, AcquireTimeoutIsResourceExhausted) {
 TEST_F(SqliteDatabaseTest, CancelInterruptsARunningQuery) {
   std::unique_ptr<Database> db = OpenFile();
   ASSERT_NE(db, nullptr);
-  absl::StatusOr<std::unique_ptr<ResultCursor>> cursor = db->Query(
+  CancelSignal cancel;
+  absl::StatusOr<std::unique_ptr<ResultCursor>> cursor = QueryNow(
+      *db,
       "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
       "WHERE x < 1000000000) SELECT count(*) FROM c",
-      {});
+      {}, &cancel);
   ASSERT_TRUE(cursor.ok()) << cursor.status();
   ResultCursor* raw = cursor->get();
   absl::Notification started;
   std::thread canceller([&] {
     started.WaitForNotification();
     absl::SleepFor(absl::Milliseconds(100));
-    raw->Cancel();
+    cancel.Cancel();
   });
   absl::Time start = absl::Now();
   started.Notify();
@@ -585,14 +588,99 @@ TEST_F(SqliteDatabaseTest, CancelInterruptsARunningQuery) {
   EXPECT_EQ(next->batches[0].columns(0).int64s().values(0), 42);
 
   // Cancelled before the first Next: CANCELLED too, and stays so.
+  CancelSignal early_cancel;
   absl::StatusOr<std::unique_ptr<ResultCursor>> early =
-      db->Query("SELECT 1", {});
+      QueryNow(*db, "SELECT 1", {}, &early_cancel);
   ASSERT_TRUE(early.ok());
-  (*early)->Cancel();
+  early_cancel.Cancel();
   more = (*early)->Next(10, 1 << 20, &batch);
   EXPECT_EQ(more.status().code(), absl::StatusCode::kCancelled);
   more = (*early)->Next(10, 1 << 20, &batch);
   EXPECT_EQ(more.status().code(), absl::StatusCode::kCancelled);
+}
+
+TEST_F(SqliteDatabaseTest, CancelRemovesAQueuedWaiterAtOnce) {
+  config::ConnectionSpec spec = Spec(PathOf("t.db"), /*readers=*/1);
+  spec.pool.acquire_timeout = absl::Seconds(60);
+  std::unique_ptr<Database> db = Open(spec);
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE t(a); INSERT INTO t VALUES (1), (2)");
+  absl::StatusOr<std::unique_ptr<ResultCursor>> held =
+      QueryNow(*db, "SELECT a FROM t");
+  ASSERT_TRUE(held.ok());
+
+  // The only reader is held: this caller queues, holding no thread.
+  CancelSignal cancel;
+  absl::Notification answered;
+  absl::Status answer;
+  db->Reserve(Access::kRead, &cancel,
+              [&](absl::StatusOr<Reservation> slot) {
+                answer = slot.status();
+                answered.Notify();
+              });
+  EXPECT_FALSE(answered.HasBeenNotified());
+  EXPECT_EQ(db->Stats().waiting(), 1);
+  cancel.Cancel();
+  // Answered by Cancel itself, not after the 60 s acquire timeout.
+  ASSERT_TRUE(answered.HasBeenNotified());
+  EXPECT_EQ(answer.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(db->Stats().waiting(), 0);
+}
+
+TEST_F(SqliteDatabaseTest, WaitersAreServedInArrivalOrder) {
+  config::ConnectionSpec spec = Spec(PathOf("t.db"), /*readers=*/1);
+  std::unique_ptr<Database> db = Open(spec);
+  ASSERT_NE(db, nullptr);
+  absl::StatusOr<std::unique_ptr<ResultCursor>> held =
+      QueryNow(*db, "SELECT 1 UNION ALL SELECT 2");
+  ASSERT_TRUE(held.ok());
+  absl::Mutex mu;
+  std::vector<int> order;
+  std::vector<Reservation> slots;
+  for (int i = 0; i < 5; ++i) {
+    db->Reserve(Access::kRead, nullptr,
+                [&, i](absl::StatusOr<Reservation> slot) {
+                  ASSERT_TRUE(slot.ok()) << slot.status();
+                  absl::MutexLock lock(&mu);
+                  order.push_back(i);
+                  slots.push_back(*std::move(slot));
+                });
+  }
+  EXPECT_EQ(db->Stats().waiting(), 5);
+  held->reset();  // frees the reader: the first waiter gets it
+  for (int next = 1; next < 5; ++next) {
+    Reservation done;
+    {
+      absl::MutexLock lock(&mu);
+      ASSERT_EQ(order.size(), static_cast<size_t>(next));
+      done = std::move(slots.back());
+    }
+    // Dropping an unclaimed reservation hands the slot to the next waiter.
+  }
+  absl::MutexLock lock(&mu);
+  EXPECT_THAT(order, ElementsAre(0, 1, 2, 3, 4));
+}
+
+TEST_F(SqliteDatabaseTest, QueuedCallsAreBounded) {
+  config::ConnectionSpec spec = Spec(PathOf("t.db"), /*readers=*/1);
+  spec.pool.max_waiting = 2;
+  std::unique_ptr<Database> db = Open(spec);
+  ASSERT_NE(db, nullptr);
+  absl::StatusOr<std::unique_ptr<ResultCursor>> held =
+      QueryNow(*db, "SELECT 1 UNION ALL SELECT 2");
+  ASSERT_TRUE(held.ok());
+  std::vector<absl::Status> answers;
+  for (int i = 0; i < 3; ++i) {
+    db->Reserve(Access::kRead, nullptr,
+                [&](absl::StatusOr<Reservation> slot) {
+                  answers.push_back(slot.status());
+                });
+  }
+  // The third is refused at once; the first two still wait.
+  ASSERT_EQ(answers.size(), 1u);
+  EXPECT_EQ(answers[0].code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(answers[0].message(), HasSubstr("2 calls already wait"));
+  held->reset();
 }
 
 TEST_F(SqliteDatabaseTest, ResetClosesBackendsAndTheNextQueryReconnects) {
@@ -613,7 +701,7 @@ TEST_F(SqliteDatabaseTest, ResetClosesBackendsAndTheNextQueryReconnects) {
 
   // A backend in use is counted, and closed when its cursor ends.
   absl::StatusOr<std::unique_ptr<ResultCursor>> held =
-      db->Query("SELECT a FROM t", {});
+      QueryNow(*db, "SELECT a FROM t", {});
   ASSERT_TRUE(held.ok());
   EXPECT_EQ(db->Reset(), 2);  // the idle writer and the held reader
   EXPECT_EQ(db->Stats().open(), 1);
@@ -629,14 +717,14 @@ TEST_F(SqliteDatabaseTest, CloseIdleClosesReadersOnly) {
   ASSERT_NE(db, nullptr);
   EXPECT_EQ(CountRows(*db, "sqlite_schema"), 0);
   EXPECT_EQ(db->Stats().open(), 2);
-  db->CloseIdle();
+  db->Maintain();
   EXPECT_EQ(db->Stats().open(), 1);
 
   spec.pool.idle_timeout = absl::Hours(1);
   std::unique_ptr<Database> kept = Open(spec);
   ASSERT_NE(kept, nullptr);
   EXPECT_EQ(CountRows(*kept, "sqlite_schema"), 0);
-  kept->CloseIdle();
+  kept->Maintain();
   EXPECT_EQ(kept->Stats().open(), 2);
 }
 
@@ -699,7 +787,7 @@ TEST_F(SqliteDatabaseTest, ModeReadOnlyRefusesWrites) {
   ASSERT_NE(db, nullptr);
   EXPECT_EQ(CountRows(*db, "t"), 1);
   absl::StatusOr<ExecuteResult> write =
-      db->Execute("INSERT INTO t VALUES (2)", {});
+      ExecuteNow(*db, "INSERT INTO t VALUES (2)", {});
   ASSERT_FALSE(write.ok());
   EXPECT_EQ(write.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(write.status().message(), HasSubstr("readonly database"));
@@ -716,7 +804,7 @@ TEST_F(SqliteDatabaseTest, ModeReadOnlyRefusesWrites) {
 TEST_F(SqliteDatabaseTest, ExecuteRunsScriptsAndCounts) {
   std::unique_ptr<Database> db = OpenFile();
   ASSERT_NE(db, nullptr);
-  absl::StatusOr<ExecuteResult> script = db->Execute(
+  absl::StatusOr<ExecuteResult> script = ExecuteNow(*db, 
       "CREATE TABLE t(id INTEGER PRIMARY KEY, v);\n"
       "-- a comment\n"
       "INSERT INTO t(v) VALUES ('a'), ('b');\n"
@@ -727,40 +815,91 @@ TEST_F(SqliteDatabaseTest, ExecuteRunsScriptsAndCounts) {
   EXPECT_EQ(script->last_insert_id, 3);
 
   absl::StatusOr<ExecuteResult> update =
-      db->Execute("UPDATE t SET v = 'z' WHERE id > 1", {});
+      ExecuteNow(*db, "UPDATE t SET v = 'z' WHERE id > 1", {});
   ASSERT_TRUE(update.ok());
   EXPECT_EQ(update->rows_affected, 2);
 
   // A DDL statement reports no changes, not the last DML's count.
-  absl::StatusOr<ExecuteResult> ddl = db->Execute("CREATE TABLE u(a)", {});
+  absl::StatusOr<ExecuteResult> ddl = ExecuteNow(*db, "CREATE TABLE u(a)", {});
   ASSERT_TRUE(ddl.ok());
   EXPECT_EQ(ddl->rows_affected, 0);
 
   // A failing statement in a script names its position.
   absl::StatusOr<ExecuteResult> failing =
-      db->Execute("INSERT INTO u VALUES (1); INSERT INTO nope VALUES (1)", {});
+      ExecuteNow(*db, "INSERT INTO u VALUES (1); INSERT INTO nope VALUES (1)", {});
   ASSERT_FALSE(failing.ok());
   EXPECT_THAT(failing.status().message(), HasSubstr("statement 2"));
   EXPECT_THAT(failing.status().message(), HasSubstr("no such table: nope"));
   EXPECT_EQ(CountRows(*db, "u"), 1);  // the first ran (autocommit)
 }
 
-TEST_F(SqliteDatabaseTest, TransactionLeftOpenIsRolledBack) {
+TEST_F(SqliteDatabaseTest, TransactionLeftOpenIsRolledBackAndRefused) {
   std::unique_ptr<Database> db = OpenFile();
   ASSERT_NE(db, nullptr);
   Exec(*db, "CREATE TABLE t(a)");
-  Exec(*db, "BEGIN; INSERT INTO t VALUES (1)");
+  // Acknowledging this and rolling it back later would lose the write.
+  absl::StatusOr<ExecuteResult> open_tx =
+      ExecuteNow(*db, "BEGIN; INSERT INTO t VALUES (1)");
+  ASSERT_FALSE(open_tx.ok());
+  EXPECT_EQ(open_tx.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(open_tx.status().message(), HasSubstr("rolled back"));
   EXPECT_EQ(CountRows(*db, "t"), 0);
   // The writer is usable (not stuck in a transaction, not locked).
   Exec(*db, "INSERT INTO t VALUES (2)");
-  EXPECT_EQ(CountRows(*db, "t"), 1);
+  Exec(*db, "BEGIN; INSERT INTO t VALUES (3); COMMIT");
+  EXPECT_EQ(CountRows(*db, "t"), 2);
+}
+
+TEST_F(SqliteDatabaseTest, AttachAndVacuumIntoAreRefusedUnlessAllowed) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  const std::string other = PathOf("other.db");
+  absl::StatusOr<ExecuteResult> attach =
+      ExecuteNow(*db, "ATTACH DATABASE '" + other + "' AS o");
+  ASSERT_FALSE(attach.ok());
+  EXPECT_EQ(attach.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(attach.status().message(), HasSubstr("allow_attach"));
+  absl::StatusOr<ExecuteResult> vacuum =
+      ExecuteNow(*db, "VACUUM INTO '" + PathOf("copy.db") + "'");
+  ASSERT_FALSE(vacuum.ok());
+  EXPECT_EQ(vacuum.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_FALSE(std::filesystem::exists(other));
+  EXPECT_FALSE(std::filesystem::exists(PathOf("copy.db")));
+
+  config::ConnectionSpec spec = Spec(PathOf("app2.db"));
+  spec.params["allow_attach"] = true;
+  std::unique_ptr<Database> allowed = Open(spec);
+  ASSERT_NE(allowed, nullptr);
+  Exec(*allowed, "VACUUM INTO '" + PathOf("copy.db") + "'");
+  EXPECT_TRUE(std::filesystem::exists(PathOf("copy.db")));
+}
+
+TEST_F(SqliteDatabaseTest, LockContentionIsAbortedAndKeepsThePool) {
+  config::ConnectionSpec spec = Spec(PathOf("busy.db"));
+  spec.pool.busy_timeout = absl::Milliseconds(50);
+  std::unique_ptr<Database> db = Open(spec);
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE t(a)");
+  const int64_t opened = db->Stats().opened_total();
+  // Another process (here: another handle on the file) holds the write lock.
+  SQLite::Database locker(PathOf("busy.db"), SQLite::OPEN_READWRITE);
+  locker.exec("BEGIN IMMEDIATE");
+  absl::StatusOr<ExecuteResult> write =
+      ExecuteNow(*db, "INSERT INTO t VALUES (1)");
+  ASSERT_FALSE(write.ok());
+  EXPECT_EQ(write.status().code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(write.status().message(), HasSubstr("locked"));
+  locker.exec("ROLLBACK");
+  // The writer was not closed: the next write runs on the same backend.
+  Exec(*db, "INSERT INTO t VALUES (2)");
+  EXPECT_EQ(db->Stats().opened_total(), opened);
 }
 
 TEST_F(SqliteDatabaseTest, CursorMayOutliveTheDatabase) {
   std::unique_ptr<Database> db = OpenFile();
   ASSERT_NE(db, nullptr);
   absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
-      db->Query(kCount2500, {});
+      QueryNow(*db, kCount2500, {});
   ASSERT_TRUE(cursor.ok());
   db.reset();
   v1::RowBatch batch;

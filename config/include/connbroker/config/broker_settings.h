@@ -12,12 +12,30 @@
 
 namespace connbroker::config {
 
-// Pool sizes and timeouts of one connection's backends.
+// Pool sizes and timeouts of one connection's backends, under SQLAlchemy's
+// names where it has one (create_engine_kwargs in a secrets section,
+// [pool] in broker.toml).
 struct PoolSettings {
-  int readers = 4;                                     // read-only backends
-  absl::Duration acquire_timeout = absl::Seconds(10);  // wait for a free one
+  // Backends kept open (SQLite: read-only readers; its writer is one more).
+  int pool_size = 5;
+  // Backends opened beyond pool_size under load; closed as they come back
+  // while pool_size others are idle. Not used by SQLite.
+  int max_overflow = 10;
+  // Kept open even when idle (opened by the janitor); <= pool_size.
+  int min_idle = 0;
+  absl::Duration acquire_timeout = absl::Seconds(10);  // pool_timeout
+  // A backend older than this is closed instead of reused (pool_recycle);
+  // infinite: never.
+  absl::Duration recycle = absl::InfiniteDuration();
+  // Check a backend unused for pre_ping_after before handing it out.
+  bool pre_ping = false;
+  absl::Duration pre_ping_after = absl::Seconds(1);
+  absl::Duration idle_timeout = absl::Minutes(10);  // close unused backends
+  // Calls waiting for a backend of one connection; more are refused with
+  // RESOURCE_EXHAUSTED instead of queueing without bound.
+  int max_waiting = 256;
+  absl::Duration connect_timeout = absl::Seconds(10);  // network databases
   absl::Duration busy_timeout = absl::Seconds(5);      // SQLite lock wait
-  absl::Duration idle_timeout = absl::Minutes(10);     // close unused backends
 
   friend bool operator==(const PoolSettings&, const PoolSettings&) = default;
 };

@@ -1,0 +1,79 @@
+// Helpers every driver and caller of the Database contract shares.
+#include "server/drivers/database.h"
+
+#include <algorithm>
+#include "absl/types/optional.h"
+#include <utility>
+
+#include "absl/strings/cord.h"
+#include "absl/synchronization/notification.h"
+
+namespace connbroker::server {
+namespace {
+
+constexpr char kSqlStatePayload[] = "connbroker.v1/sqlstate";
+
+absl::StatusOr<Reservation> WaitForSlot(Database& database, Access access,
+                                        CancelSignal* cancel) {
+  absl::Notification done;
+  absl::StatusOr<Reservation> slot;
+  database.Reserve(access, cancel, [&](absl::StatusOr<Reservation> result) {
+    slot = std::move(result);
+    done.Notify();
+  });
+  done.WaitForNotification();
+  return slot;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ResultCursor>> QueryNow(
+    Database& database, const std::string& sql, const v1::Params& params,
+    CancelSignal* cancel) {
+  absl::StatusOr<Reservation> slot =
+      WaitForSlot(database, Access::kRead, cancel);
+  if (!slot.ok()) return slot.status();
+  return database.Query(sql, params, *std::move(slot), cancel);
+}
+
+absl::StatusOr<ExecuteResult> ExecuteNow(Database& database,
+                                         const std::string& sql,
+                                         const v1::Params& params,
+                                         CancelSignal* cancel) {
+  absl::StatusOr<Reservation> slot =
+      WaitForSlot(database, Access::kWrite, cancel);
+  if (!slot.ok()) return slot.status();
+  return database.Execute(sql, params, *std::move(slot), cancel);
+}
+
+absl::Status WithSqlState(absl::Status status, absl::string_view sqlstate) {
+  if (!status.ok() && !sqlstate.empty()) {
+    status.SetPayload(kSqlStatePayload, absl::Cord(sqlstate));
+  }
+  return status;
+}
+
+std::string SqlStateOf(const absl::Status& status) {
+  absl::optional<absl::Cord> payload = status.GetPayload(kSqlStatePayload);
+  return payload.has_value() ? std::string(*payload) : std::string();
+}
+
+BackendPoolOptions PoolOptionsFor(const config::ConnectionSpec& spec,
+                                  std::string role) {
+  const config::PoolSettings& pool = spec.pool;
+  BackendPoolOptions options;
+  options.name = spec.name;
+  options.role = std::move(role);
+  options.pool_size = pool.pool_size;
+  options.max_overflow = pool.max_overflow;
+  options.min_idle = std::min(pool.min_idle, pool.pool_size);
+  options.acquire_timeout = pool.acquire_timeout;
+  options.idle_timeout = pool.idle_timeout;
+  options.recycle = pool.recycle;
+  options.pre_ping_after =
+      pool.pre_ping ? pool.pre_ping_after : absl::InfiniteDuration();
+  options.max_waiting = pool.max_waiting;
+  return options;
+}
+
+}  // namespace connbroker::server
