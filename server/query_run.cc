@@ -224,9 +224,8 @@ absl::StatusOr<bool> QueryRun::OpenCursorWithRetry() {
     }
     if (last.code() != absl::StatusCode::kUnavailable) return last;
     if (attempts_ >= limits_.max_attempts) {
-      return absl::Status(last.code(),
-                          absl::StrCat(last.message(), " (after ", attempts_,
-                                       " attempts)"));
+      return absl::Status(last.code(), absl::StrCat(last.message(), " (after ",
+                                                    attempts_, " attempts)"));
     }
     // As Streamlit's SQLConnection does: a broken backend is reset and the
     // query tried again; SQL errors are never retried.

@@ -723,12 +723,12 @@ void WriteConnections(Format format, const v1::ListConnectionsResponse& list,
                     absl::StrCat(c.cached_results()),
                     DisplayText(c.description())});
   }
-  WriteTable({"handle", "name", "type", "scope", "live", "queries", "clients",
-              "pool used/idle/open/max", "waiting", "cached", "description"},
-             rows,
-             {false, false, false, false, false, true, true, true, true, true,
-              false},
-             out);
+  WriteTable(
+      {"handle", "name", "type", "scope", "live", "queries", "clients",
+       "pool used/idle/open/max", "waiting", "cached", "description"},
+      rows,
+      {false, false, false, false, false, true, true, true, true, true, false},
+      out);
   out << "(" << rows.size()
       << (rows.size() == 1 ? " connection)" : " connections)") << '\n';
 }

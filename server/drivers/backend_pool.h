@@ -542,11 +542,11 @@ class BackendPool : public Reservation::Source,
     if (closed_) return ClosedError();
     if (static_cast<int>(waiters_.size()) >= options_.max_waiting) {
       ++acquire_timeouts_;
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "connection ", options_.name, ": ", waiters_.size(),
-          " calls already wait for a ", options_.role, " (pool_size ",
-          options_.pool_size, " + max_overflow ", options_.max_overflow,
-          "); try again later"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("connection ", options_.name, ": ", waiters_.size(),
+                       " calls already wait for a ", options_.role,
+                       " (pool_size ", options_.pool_size, " + max_overflow ",
+                       options_.max_overflow, "); try again later"));
     }
     return absl::OkStatus();
   }

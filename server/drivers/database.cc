@@ -2,11 +2,11 @@
 #include "server/drivers/database.h"
 
 #include <algorithm>
-#include "absl/types/optional.h"
 #include <utility>
 
 #include "absl/strings/cord.h"
 #include "absl/synchronization/notification.h"
+#include "absl/types/optional.h"
 
 namespace connbroker::server {
 namespace {
@@ -27,9 +27,10 @@ absl::StatusOr<Reservation> WaitForSlot(Database& database, Access access,
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<ResultCursor>> QueryNow(
-    Database& database, const std::string& sql, const v1::Params& params,
-    CancelSignal* cancel) {
+absl::StatusOr<std::unique_ptr<ResultCursor>> QueryNow(Database& database,
+                                                       const std::string& sql,
+                                                       const v1::Params& params,
+                                                       CancelSignal* cancel) {
   absl::StatusOr<Reservation> slot =
       WaitForSlot(database, Access::kRead, cancel);
   if (!slot.ok()) return slot.status();

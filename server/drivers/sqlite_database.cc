@@ -91,9 +91,10 @@ absl::Status SqliteStatus(int rc, absl::string_view message) {
     case SQLITE_AUTH:
       // Only our authorizer denies: ATTACH or VACUUM INTO.
       return absl::PermissionDeniedError(
-          text + " (ATTACH and VACUUM INTO write or read other files; the "
-                 "connection's secrets section allows them with "
-                 "allow_attach = true)");
+          text +
+          " (ATTACH and VACUUM INTO write or read other files; the "
+          "connection's secrets section allows them with "
+          "allow_attach = true)");
     case SQLITE_PERM:
       return absl::PermissionDeniedError(text);
     case SQLITE_MISUSE:
@@ -784,10 +785,10 @@ absl::StatusOr<std::unique_ptr<Database>> OpenSqliteDatabase(
   writer_options.idle_timeout = absl::InfiniteDuration();
   writer_options.recycle = absl::InfiniteDuration();
   writer_options.pre_ping_after = absl::InfiniteDuration();
-  std::shared_ptr<Pool> writer = Pool::Create(
-      writer_options,
-      {[target] { return OpenBackend(target, /*writer=*/true); },
-       &RecycleBackend, nullptr});
+  std::shared_ptr<Pool> writer =
+      Pool::Create(writer_options,
+                   {[target] { return OpenBackend(target, /*writer=*/true); },
+                    &RecycleBackend, nullptr});
 
   // pool_size readers; SQLite gains nothing from overflow readers.
   std::shared_ptr<Pool> readers;

@@ -122,10 +122,11 @@ TEST_F(SqliteDatabaseTest, TypedColumnsAndNulls) {
   ASSERT_NE(db, nullptr);
   Exec(*db,
        "CREATE TABLE t(id INTEGER NOT NULL, r REAL, s TEXT, b BLOB, z TEXT)");
-  absl::StatusOr<ExecuteResult> inserted = ExecuteNow(*db, 
-      "INSERT INTO t VALUES (1, 1.5, 'a', x'00ff', NULL),"
-      " (2, NULL, 'b', x'', NULL), (3, 3.25, 'c', x'01', NULL)",
-      {});
+  absl::StatusOr<ExecuteResult> inserted =
+      ExecuteNow(*db,
+                 "INSERT INTO t VALUES (1, 1.5, 'a', x'00ff', NULL),"
+                 " (2, NULL, 'b', x'', NULL), (3, 3.25, 'c', x'01', NULL)",
+                 {});
   ASSERT_TRUE(inserted.ok()) << inserted.status();
   EXPECT_EQ(inserted->rows_affected, 3);
   EXPECT_EQ(inserted->last_insert_id, 3);
@@ -556,11 +557,11 @@ TEST_F(SqliteDatabaseTest, CancelInterruptsARunningQuery) {
   std::unique_ptr<Database> db = OpenFile();
   ASSERT_NE(db, nullptr);
   CancelSignal cancel;
-  absl::StatusOr<std::unique_ptr<ResultCursor>> cursor = QueryNow(
-      *db,
-      "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
-      "WHERE x < 1000000000) SELECT count(*) FROM c",
-      {}, &cancel);
+  absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
+      QueryNow(*db,
+               "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+               "WHERE x < 1000000000) SELECT count(*) FROM c",
+               {}, &cancel);
   ASSERT_TRUE(cursor.ok()) << cursor.status();
   ResultCursor* raw = cursor->get();
   absl::Notification started;
@@ -613,11 +614,10 @@ TEST_F(SqliteDatabaseTest, CancelRemovesAQueuedWaiterAtOnce) {
   CancelSignal cancel;
   absl::Notification answered;
   absl::Status answer;
-  db->Reserve(Access::kRead, &cancel,
-              [&](absl::StatusOr<Reservation> slot) {
-                answer = slot.status();
-                answered.Notify();
-              });
+  db->Reserve(Access::kRead, &cancel, [&](absl::StatusOr<Reservation> slot) {
+    answer = slot.status();
+    answered.Notify();
+  });
   EXPECT_FALSE(answered.HasBeenNotified());
   EXPECT_EQ(db->Stats().waiting(), 1);
   cancel.Cancel();
@@ -671,10 +671,9 @@ TEST_F(SqliteDatabaseTest, QueuedCallsAreBounded) {
   ASSERT_TRUE(held.ok());
   std::vector<absl::Status> answers;
   for (int i = 0; i < 3; ++i) {
-    db->Reserve(Access::kRead, nullptr,
-                [&](absl::StatusOr<Reservation> slot) {
-                  answers.push_back(slot.status());
-                });
+    db->Reserve(Access::kRead, nullptr, [&](absl::StatusOr<Reservation> slot) {
+      answers.push_back(slot.status());
+    });
   }
   // The third is refused at once; the first two still wait.
   ASSERT_EQ(answers.size(), 1u);
@@ -804,12 +803,13 @@ TEST_F(SqliteDatabaseTest, ModeReadOnlyRefusesWrites) {
 TEST_F(SqliteDatabaseTest, ExecuteRunsScriptsAndCounts) {
   std::unique_ptr<Database> db = OpenFile();
   ASSERT_NE(db, nullptr);
-  absl::StatusOr<ExecuteResult> script = ExecuteNow(*db, 
-      "CREATE TABLE t(id INTEGER PRIMARY KEY, v);\n"
-      "-- a comment\n"
-      "INSERT INTO t(v) VALUES ('a'), ('b');\n"
-      "INSERT INTO t(v) VALUES ('c'); /* trailing */ ",
-      {});
+  absl::StatusOr<ExecuteResult> script =
+      ExecuteNow(*db,
+                 "CREATE TABLE t(id INTEGER PRIMARY KEY, v);\n"
+                 "-- a comment\n"
+                 "INSERT INTO t(v) VALUES ('a'), ('b');\n"
+                 "INSERT INTO t(v) VALUES ('c'); /* trailing */ ",
+                 {});
   ASSERT_TRUE(script.ok()) << script.status();
   EXPECT_EQ(script->rows_affected, 3);
   EXPECT_EQ(script->last_insert_id, 3);
@@ -825,8 +825,8 @@ TEST_F(SqliteDatabaseTest, ExecuteRunsScriptsAndCounts) {
   EXPECT_EQ(ddl->rows_affected, 0);
 
   // A failing statement in a script names its position.
-  absl::StatusOr<ExecuteResult> failing =
-      ExecuteNow(*db, "INSERT INTO u VALUES (1); INSERT INTO nope VALUES (1)", {});
+  absl::StatusOr<ExecuteResult> failing = ExecuteNow(
+      *db, "INSERT INTO u VALUES (1); INSERT INTO nope VALUES (1)", {});
   ASSERT_FALSE(failing.ok());
   EXPECT_THAT(failing.status().message(), HasSubstr("statement 2"));
   EXPECT_THAT(failing.status().message(), HasSubstr("no such table: nope"));
