@@ -155,7 +155,7 @@ absl::StatusOr<ConnectOutcome> Broker::ConnectInternal(
   absl::StatusOr<config::ConnectionSpec> spec =
       config::ResolveSpec(config::ConnectArgs{request.name(), request.type(),
                                               ToParams(request.kwargs())},
-                          *secrets, env_, settings_.pool);
+                          *secrets, env_, settings_);
   if (!spec.ok()) return WithReason(spec.status(), v1::ErrorDetail::CONFIG);
 
   CacheSettings cache;

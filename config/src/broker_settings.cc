@@ -1,20 +1,64 @@
 // broker.toml: the daemon's own settings, validated key by key.
 #include "connbroker/config/broker_settings.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "connbroker/config/duration.h"
 #include "connbroker/config/toml_loader.h"
 
 namespace connbroker::config {
 namespace {
+
+absl::Status MustBe(const std::string& what, absl::string_view rule) {
+  return absl::InvalidArgumentError(absl::StrCat(what, " must be ", rule));
+}
+
+absl::Status IntInRange(const std::string& what, const Value& value, int min,
+                        int max, int& out) {
+  const auto* number = std::get_if<int64_t>(&value);
+  if (number == nullptr || *number < min || *number > max) {
+    return MustBe(what, absl::StrCat("an integer from ", min, " to ", max));
+  }
+  out = static_cast<int>(*number);
+  return absl::OkStatus();
+}
+
+// A duration of at least `min`; ParseDuration already refuses negatives.
+absl::Status DurationAtLeast(const std::string& what, const Value& value,
+                             absl::Duration min, absl::string_view rule,
+                             absl::Duration& out) {
+  absl::StatusOr<absl::Duration> d = ParseDuration(value, what);
+  if (!d.ok()) return d.status();
+  if (*d < min) return MustBe(what, rule);
+  out = *d;
+  return absl::OkStatus();
+}
+
+bool IsMinusOne(const Value& value) {
+  if (const auto* i = std::get_if<int64_t>(&value)) return *i == -1;
+  if (const auto* d = std::get_if<double>(&value)) return *d == -1.0;
+  if (const auto* s = std::get_if<std::string>(&value)) {
+    return absl::StripAsciiWhitespace(*s) == "-1";
+  }
+  return false;
+}
 
 // Applies one broker.toml key; each knows its own range.
 class SettingsReader {
@@ -60,17 +104,20 @@ class SettingsReader {
       settings_.default_ttl = ttl;
       return absl::OkStatus();
     }
-    if (key == "pool.readers") {
-      return Int(key, value, 1, 1024, settings_.pool.pool_size);
+    if (absl::StartsWith(key, "pool.")) return Pool(key, value);
+    if (key == "security.allow_ad_hoc") {
+      const auto* flag = std::get_if<bool>(&value);
+      if (flag == nullptr) return Error(key, "must be true or false");
+      settings_.allow_ad_hoc = *flag;
+      return absl::OkStatus();
     }
-    if (key == "pool.acquire_timeout") {
-      return Duration(key, value, settings_.pool.acquire_timeout);
+    if (key == "security.ad_hoc_sqlite_dirs" ||
+        absl::StartsWith(key, "security.ad_hoc_sqlite_dirs.")) {
+      return ListEntry(key, "security.ad_hoc_sqlite_dirs", value, sqlite_dirs_);
     }
-    if (key == "pool.busy_timeout") {
-      return Duration(key, value, settings_.pool.busy_timeout);
-    }
-    if (key == "pool.idle_timeout") {
-      return Duration(key, value, settings_.pool.idle_timeout);
+    if (key == "security.ad_hoc_hosts" ||
+        absl::StartsWith(key, "security.ad_hoc_hosts.")) {
+      return ListEntry(key, "security.ad_hoc_hosts", value, hosts_);
     }
     if (key == "query.chunk_rows") {
       return Int(key, value, 1, 1000000, settings_.default_chunk_rows);
@@ -92,13 +139,48 @@ class SettingsReader {
   }
 
   // Array entries arrive as secrets.0, secrets.1, ... sorted as text
-  // ("10" before "2"); the map puts them back in numeric order.
-  void Finish() {
-    if (secrets_.empty()) return;
-    settings_.secrets.clear();
-    for (auto& [index, path] : secrets_) {
-      settings_.secrets.push_back(std::move(path));
+  // ("10" before "2"); the maps put them back in numeric order.
+  absl::Status Finish() {
+    if (!secrets_.empty()) {
+      settings_.secrets.clear();
+      for (auto& [index, path] : secrets_) {
+        settings_.secrets.push_back(std::move(path));
+      }
     }
+    for (auto& [index, dir] : sqlite_dirs_) {
+      // Relative to what? The daemon's working directory is an accident of
+      // how it was started; an allow-list must not depend on it.
+      const std::filesystem::path path(dir);
+      if (!path.is_absolute()) {
+        return Error("security.ad_hoc_sqlite_dirs",
+                     absl::StrCat("must hold absolute directories; '", dir,
+                                  "' is relative"));
+      }
+      std::filesystem::path normal = path.lexically_normal();
+      if (!normal.has_filename() && normal != normal.root_path()) {
+        normal = normal.parent_path();  // "/srv/dbs/" -> "/srv/dbs"
+      }
+      settings_.ad_hoc_sqlite_dirs.push_back(normal.string());
+    }
+    for (auto& [index, host] : hosts_) {
+      absl::StatusOr<HostPattern> pattern = ParseHostPattern(host);
+      if (!pattern.ok()) {
+        return Error(
+            "security.ad_hoc_hosts",
+            absl::StrCat("holds '", host, "': ", pattern.status().message()));
+      }
+      settings_.ad_hoc_hosts.push_back(std::move(host));
+    }
+    if (pool_keys_.contains("min_idle") &&
+        settings_.pool.min_idle > settings_.pool.pool_size) {
+      return Error("pool.min_idle",
+                   absl::StrCat("must not exceed pool.pool_size (",
+                                settings_.pool.pool_size, ")"));
+    }
+    // Only pool_size given: the default min_idle follows it down.
+    settings_.pool.min_idle =
+        std::min(settings_.pool.min_idle, settings_.pool.pool_size);
+    return absl::OkStatus();
   }
 
  private:
@@ -151,6 +233,58 @@ class SettingsReader {
     return absl::OkStatus();
   }
 
+  // [pool]: PoolSettings' own names, SQLAlchemy's pool_* names, and
+  // `readers` (the name before pool_size existed).
+  absl::Status Pool(const std::string& key, const Value& value) {
+    static const std::map<std::string, std::string> kAliases = {
+        {"readers", "pool_size"},
+        {"pool_timeout", "acquire_timeout"},
+        {"pool_recycle", "recycle"},
+        {"pool_pre_ping", "pre_ping"},
+        {"pool_size", "pool_size"},
+        {"max_overflow", "max_overflow"},
+        {"min_idle", "min_idle"},
+        {"acquire_timeout", "acquire_timeout"},
+        {"recycle", "recycle"},
+        {"pre_ping", "pre_ping"},
+        {"pre_ping_after", "pre_ping_after"},
+        {"idle_timeout", "idle_timeout"},
+        {"max_waiting", "max_waiting"},
+        {"connect_timeout", "connect_timeout"},
+        {"busy_timeout", "busy_timeout"},
+    };
+    const std::string name = key.substr(5);
+    auto it = kAliases.find(name);
+    if (it == kAliases.end()) return Unknown(key);
+    const std::string& field = it->second;
+    // Two spellings of one setting would leave which one wins to the order
+    // of the keys in the file.
+    if (auto [seen, inserted] = pool_keys_.emplace(field, name); !inserted) {
+      return Error(key, absl::StrCat("sets the same setting as 'pool.",
+                                     seen->second, "'; keep one of them"));
+    }
+    return SetPoolSetting(field, value, absl::StrCat(path_, ": '", key, "'"),
+                          settings_.pool);
+  }
+
+  // One entry of a list of strings (a single string is a one-entry list).
+  absl::Status ListEntry(const std::string& key, const std::string& list,
+                         const Value& value,
+                         std::map<size_t, std::string>& out) const {
+    size_t index = 0;
+    if (key != list &&
+        !absl::SimpleAtoi(absl::string_view(key).substr(list.size() + 1),
+                          &index)) {
+      return Unknown(key);
+    }
+    const auto* text = std::get_if<std::string>(&value);
+    if (text == nullptr || text->empty()) {
+      return Error(list, "must be a list of non-empty strings");
+    }
+    out[index] = *text;
+    return absl::OkStatus();
+  }
+
   absl::Status LogLevel(const std::string& key, const Value& value) {
     std::string level;
     if (absl::Status s = Text(key, value, level); !s.ok()) return s;
@@ -166,9 +300,155 @@ class SettingsReader {
   const std::string& path_;
   BrokerSettings& settings_;
   std::map<size_t, std::string> secrets_;
+  std::map<size_t, std::string> sqlite_dirs_;
+  std::map<size_t, std::string> hosts_;
+  // PoolSettings field -> the [pool] key that set it.
+  std::map<std::string, std::string> pool_keys_;
 };
 
 }  // namespace
+
+absl::Status SetPoolSetting(const std::string& field, const Value& value,
+                            const std::string& what, PoolSettings& pool) {
+  if (field == "pool_size") {
+    return IntInRange(what, value, 1, kMaxPoolSize, pool.pool_size);
+  }
+  if (field == "max_overflow") {
+    if (IsMinusOne(value)) {
+      // SQLAlchemy's "no limit": one daemon's pool serves every client, so
+      // an unbounded one could open as many backends as there are callers.
+      return MustBe(what,
+                    absl::StrCat("an integer from 0 to ", kMaxPoolOverflow,
+                                 "; -1 (SQLAlchemy's \"no limit\") is "
+                                 "refused because the broker's pool is "
+                                 "shared and needs a bound"));
+    }
+    return IntInRange(what, value, 0, kMaxPoolOverflow, pool.max_overflow);
+  }
+  if (field == "min_idle") {
+    return IntInRange(what, value, 0, kMaxPoolSize, pool.min_idle);
+  }
+  if (field == "max_waiting") {
+    return IntInRange(what, value, 0, kMaxPoolWaiting, pool.max_waiting);
+  }
+  if (field == "pre_ping") {
+    const auto* flag = std::get_if<bool>(&value);
+    if (flag == nullptr) return MustBe(what, "true or false");
+    pool.pre_ping = *flag;
+    return absl::OkStatus();
+  }
+  if (field == "recycle") {
+    if (IsMinusOne(value)) {
+      pool.recycle = absl::InfiniteDuration();
+      return absl::OkStatus();
+    }
+    // Recycling more often than every second reconnects on nearly every
+    // checkout: load on the database, not a setting anyone means.
+    return DurationAtLeast(what, value, absl::Seconds(1),
+                           "-1 (never) or a duration of at least 1 second",
+                           pool.recycle);
+  }
+  if (field == "idle_timeout") {
+    return DurationAtLeast(what, value, absl::Seconds(1),
+                           "a duration of at least 1 second",
+                           pool.idle_timeout);
+  }
+  if (field == "connect_timeout") {
+    // 0 would mean "wait forever" to libpq but "fail at once" to others.
+    return DurationAtLeast(what, value, absl::Milliseconds(1),
+                           "a positive duration", pool.connect_timeout);
+  }
+  absl::Duration* duration = nullptr;
+  if (field == "acquire_timeout") duration = &pool.acquire_timeout;
+  if (field == "pre_ping_after") duration = &pool.pre_ping_after;
+  if (field == "busy_timeout") duration = &pool.busy_timeout;
+  if (duration != nullptr) {
+    return DurationAtLeast(what, value, absl::ZeroDuration(),
+                           "a duration of 0 or more", *duration);
+  }
+  return absl::InternalError(
+      absl::StrCat("no pool setting named '", field, "'"));
+}
+
+std::optional<std::string> CanonicalIpv6(const std::string& text) {
+  in6_addr address;
+  if (inet_pton(AF_INET6, text.c_str(), &address) != 1) return std::nullopt;
+  char out[INET6_ADDRSTRLEN];
+  if (inet_ntop(AF_INET6, &address, out, sizeof(out)) == nullptr) {
+    return std::nullopt;
+  }
+  return std::string(out);
+}
+
+absl::StatusOr<HostPattern> ParseHostPattern(const std::string& entry) {
+  static constexpr char kForms[] =
+      "expected \"host\", \"host:port\", \"[ipv6]\", \"[ipv6]:port\" or "
+      "an absolute Unix-socket path";
+  HostPattern pattern;
+  absl::string_view rest = absl::StripAsciiWhitespace(entry);
+  if (absl::StartsWith(rest, "/")) {
+    pattern.socket = true;
+    std::filesystem::path path =
+        std::filesystem::path(std::string(rest)).lexically_normal();
+    // "/run/postgresql/" and "/run/postgresql" are one directory.
+    if (!path.has_filename() && path.has_parent_path() &&
+        path != path.root_path()) {
+      path = path.parent_path();
+    }
+    pattern.host = path.string();
+    return pattern;
+  }
+  std::optional<absl::string_view> port_text;
+  bool ipv6 = false;
+  if (absl::ConsumePrefix(&rest, "[")) {
+    const size_t close = rest.find(']');
+    if (close == absl::string_view::npos) {
+      return absl::InvalidArgumentError(kForms);
+    }
+    pattern.host = std::string(rest.substr(0, close));
+    ipv6 = true;
+    rest.remove_prefix(close + 1);
+    if (absl::ConsumePrefix(&rest, ":")) {
+      port_text = rest;
+    } else if (!rest.empty()) {
+      return absl::InvalidArgumentError(kForms);
+    }
+  } else if (std::count(rest.begin(), rest.end(), ':') > 1) {
+    // A bare IPv6 address: a port cannot follow it without brackets.
+    pattern.host = std::string(rest);
+    ipv6 = true;
+  } else if (const size_t colon = rest.find(':');
+             colon != absl::string_view::npos) {
+    pattern.host = std::string(rest.substr(0, colon));
+    port_text = rest.substr(colon + 1);
+  } else {
+    pattern.host = std::string(rest);
+  }
+  if (ipv6) {
+    // One spelling per address ("0:0::1" and "::1" are the same host).
+    std::optional<std::string> canonical = CanonicalIpv6(pattern.host);
+    if (!canonical.has_value()) return absl::InvalidArgumentError(kForms);
+    pattern.host = *std::move(canonical);
+  } else if (pattern.host.empty() ||
+             !std::all_of(pattern.host.begin(), pattern.host.end(), [](char c) {
+               return absl::ascii_isalnum(c) || c == '.' || c == '-' ||
+                      c == '_';
+             })) {
+    // Only what a host name is made of, so an entry never matches more
+    // than it reads as.
+    return absl::InvalidArgumentError(kForms);
+  }
+  if (port_text.has_value()) {
+    int port = 0;
+    if (!absl::SimpleAtoi(*port_text, &port) || port < 1 || port > 65535) {
+      return absl::InvalidArgumentError(
+          "the port must be a number from 1 to 65535");
+    }
+    pattern.port = port;
+  }
+  absl::AsciiStrToLower(&pattern.host);
+  return pattern;
+}
 
 absl::StatusOr<BrokerSettings> LoadBrokerSettings(const std::string& path) {
   absl::StatusOr<Params> params = LoadTomlFile(path);
@@ -178,7 +458,7 @@ absl::StatusOr<BrokerSettings> LoadBrokerSettings(const std::string& path) {
   for (const auto& [key, value] : *params) {
     if (absl::Status s = reader.Apply(key, value); !s.ok()) return s;
   }
-  reader.Finish();
+  if (absl::Status s = reader.Finish(); !s.ok()) return s;
   if (settings.result_cache_entry_bytes > settings.result_cache_bytes) {
     return absl::InvalidArgumentError(
         absl::StrCat(path,

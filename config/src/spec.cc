@@ -1,22 +1,317 @@
 // ResolveSpec: st.connection's rules for name, type, params, scope and pool.
 #include "connbroker/config/spec.h"
 
+#include <algorithm>
+#include <filesystem>
+#include <set>
 #include <string>
+#include <system_error>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "connbroker/config/duration.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 
 namespace connbroker::config {
 namespace {
 
 constexpr char kEnvPrefix[] = "env:";
 constexpr char kPluginPrefix[] = "plugin:";
-constexpr int kMaxPoolSize = 1024;
+constexpr char kAllowClientKwargs[] = "allow_client_kwargs";
+constexpr char kAllowAttach[] = "allow_attach";
+
+// The params that say where a connection points. A shared daemon must not be
+// redirected by its clients, so a request may set them only where the
+// section allows it. A new param a driver reads to decide where to connect
+// (or which files to read) belongs here.
+constexpr const char* kRoutingKeys[] = {
+    "url",      "dialect",  "driver",   "host",  "port",
+    "database", "username", "password", "query",
+};
+
+bool IsRoutingKey(const std::string& key) {
+  for (const char* routing : kRoutingKeys) {
+    if (key == routing) return true;
+  }
+  return absl::StartsWith(key, "query.");
+}
+
+// Params only the operator's section may hold: allow_attach lets SQL read
+// and write other files; allow_client_kwargs is the policy itself.
+bool IsSectionOnlyKey(const std::string& key) {
+  return key == kAllowAttach || key == kAllowClientKwargs ||
+         absl::StartsWith(key, absl::StrCat(kAllowClientKwargs, "."));
+}
+
+// A client's key, for a message: keys are the client's text, so bound them.
+std::string ShownKey(const std::string& key) {
+  constexpr size_t kMax = 64;
+  if (key.size() <= kMax) return key;
+  return absl::StrCat(key.substr(0, kMax), "...");
+}
+
+// How messages refer to a connection. A name read from the daemon's
+// environment (env:VAR) is not echoed back to the client that wrote env:VAR.
+struct Names {
+  std::string connection;  // "connection 'db'"
+  std::string section;     // "[connections.db]"
+};
+
+Names NamesFor(const ConnectArgs& args, const std::string& name) {
+  if (absl::StartsWith(args.name, kEnvPrefix)) {
+    return {absl::StrCat("connection '", args.name, "'"),
+            "[connections.<name>]"};
+  }
+  return {absl::StrCat("connection '", name, "'"),
+          absl::StrCat("[connections.", name, "]")};
+}
+
+absl::Status SectionOnly(const Names& names, const std::string& key) {
+  return absl::PermissionDeniedError(absl::StrCat(
+      names.connection, ": a client may not set '", ShownKey(key),
+      "' (only the ", names.section, " section in the daemon's secrets can)"));
+}
+
+// The section's allow_client_kwargs: a list of routing keys ("query" means
+// every query option), written as a TOML array (flattened to
+// allow_client_kwargs.0, .1, ...) or a single string.
+absl::StatusOr<std::set<std::string>> AllowedClientKwargs(
+    const Names& names, const Params& section) {
+  std::set<std::string> allowed;
+  const std::string prefix = absl::StrCat(kAllowClientKwargs, ".");
+  for (auto it = section.lower_bound(kAllowClientKwargs);
+       it != section.end() &&
+       (it->first == kAllowClientKwargs || absl::StartsWith(it->first, prefix));
+       ++it) {
+    const auto* key = std::get_if<std::string>(&it->second);
+    if (key == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          names.connection, ": allow_client_kwargs in ", names.section,
+          " must be a list of key names, such as [\"database\"]"));
+    }
+    if (!IsRoutingKey(*key) || *key == "query.") {
+      return absl::FailedPreconditionError(absl::StrCat(
+          names.connection, ": allow_client_kwargs in ", names.section,
+          " lists '", ShownKey(*key), "', ",
+          IsSectionOnlyKey(*key)
+              ? "which a client may never set"
+              : "which needs no permission (clients may set it anyway)",
+          "; it may list ", absl::StrJoin(kRoutingKeys, ", "),
+          " (every query option) or query.<option>"));
+    }
+    allowed.insert(*key);
+  }
+  return allowed;
+}
+
+// Request kwargs may tune a configured connection but not redirect it: a
+// routing key must be absent from the kwargs, equal the section's value, or
+// be listed in the section's allow_client_kwargs. The value is never quoted:
+// it may be a password.
+absl::Status CheckClientKwargs(const Names& names, const Params& section,
+                               const Params& kwargs) {
+  absl::StatusOr<std::set<std::string>> allowed =
+      AllowedClientKwargs(names, section);
+  if (!allowed.ok()) return allowed.status();
+  for (const auto& [key, value] : kwargs) {
+    if (IsSectionOnlyKey(key)) return SectionOnly(names, key);
+    if (!IsRoutingKey(key)) continue;
+    // Clients often pass what the section already says; that changes nothing.
+    if (auto it = section.find(key); it != section.end() && it->second == value)
+      continue;
+    if (allowed->contains(key) ||
+        (absl::StartsWith(key, "query.") && allowed->contains("query"))) {
+      continue;
+    }
+    return absl::PermissionDeniedError(
+        absl::StrCat(names.connection, ": a client may not set '",
+                     ShownKey(key), "' (the ", names.section,
+                     " section decides where it points; list the key in its "
+                     "allow_client_kwargs to allow it)"));
+  }
+  return absl::OkStatus();
+}
+
+// --- Ad-hoc connections: no section, the target from the kwargs alone. ---
+
+namespace fs = std::filesystem;
+
+// Resolves `path` as the daemon will open it: relative to the working
+// directory, then "..", "." and symbolic links of its existing part resolved.
+absl::StatusOr<fs::path> ResolvedPath(const fs::path& path) {
+  std::error_code error;
+  fs::path absolute = path.is_absolute() ? path : fs::absolute(path, error);
+  if (error) return absl::InternalError(error.message());
+  fs::path resolved = fs::weakly_canonical(absolute, error);
+  if (error) return absl::InternalError(error.message());
+  resolved = resolved.lexically_normal();
+  // "/srv/dbs/" and "/srv/dbs" are one directory.
+  if (!resolved.has_filename() && resolved != resolved.root_path()) {
+    resolved = resolved.parent_path();
+  }
+  return resolved;
+}
+
+// True when `path` lies strictly below `dir` (both resolved).
+bool IsBelow(const fs::path& path, const fs::path& dir) {
+  auto [d, p] = std::mismatch(dir.begin(), dir.end(), path.begin(), path.end());
+  return d == dir.end() && p != path.end();
+}
+
+absl::Status CheckAdHocSqlitePath(const Names& names, const SqlTarget& sql,
+                                  const BrokerSettings& settings) {
+  if (sql.IsSqliteMemory()) return absl::OkStatus();
+  const absl::Status refused = absl::PermissionDeniedError(absl::StrCat(
+      names.connection,
+      ": an ad-hoc SQLite database must lie inside one of the directories in "
+      "broker.toml's [security] ad_hoc_sqlite_dirs (after resolving '..' and "
+      "symbolic links), and this one does not; configure it as a ",
+      names.section, " section instead"));
+  // A "file:" name is a URI to a SQLite built with SQLITE_USE_URI, and would
+  // be opened by what follows "file:", not by the path checked here.
+  if (absl::StartsWithIgnoreCase(sql.database, "file:")) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        names.connection,
+        ": an ad-hoc SQLite database must be a plain path, not a file: URI"));
+  }
+  absl::StatusOr<fs::path> path = ResolvedPath(fs::path(sql.database));
+  if (!path.ok()) return refused;
+  for (const std::string& dir_text : settings.ad_hoc_sqlite_dirs) {
+    absl::StatusOr<fs::path> dir = ResolvedPath(fs::path(dir_text));
+    if (dir.ok() && dir->is_absolute() && IsBelow(*path, *dir)) {
+      return absl::OkStatus();
+    }
+  }
+  return refused;
+}
+
+// One host the connection would reach, and the param that named it.
+struct Endpoint {
+  std::string host;
+  std::string source;
+};
+
+bool HostAllowed(const std::string& host, int port,
+                 const std::vector<HostPattern>& patterns) {
+  if (absl::StartsWith(host, "/")) {
+    absl::StatusOr<fs::path> socket = ResolvedPath(fs::path(host));
+    if (!socket.ok()) return false;
+    for (const HostPattern& pattern : patterns) {
+      if (!pattern.socket) continue;
+      absl::StatusOr<fs::path> allowed = ResolvedPath(fs::path(pattern.host));
+      if (allowed.ok() && *allowed == *socket) return true;
+    }
+    return false;
+  }
+  std::string name = absl::AsciiStrToLower(host);
+  // The URL form of an IPv6 address keeps its brackets in some spellings.
+  if (absl::StartsWith(name, "[") && absl::EndsWith(name, "]")) {
+    name = name.substr(1, name.size() - 2);
+  }
+  if (std::optional<std::string> ipv6 = CanonicalIpv6(name)) {
+    name = *std::move(ipv6);
+  }
+  for (const HostPattern& pattern : patterns) {
+    if (pattern.socket || pattern.host != name) continue;
+    if (!pattern.port.has_value() || *pattern.port == port) return true;
+  }
+  return false;
+}
+
+absl::Status CheckAdHocNetworkTarget(const Names& names, const SqlTarget& sql,
+                                     const BrokerSettings& settings) {
+  const bool postgres = sql.dialect == "postgresql";
+  // Query options that only tune the session. Anything else could redirect
+  // the connection (hostaddr, port, service, a defaults file) or make the
+  // daemon read its own files (sslkey, passfile, ssl_ca, ...).
+  static const std::set<std::string> kPostgresOptions = {
+      "host",
+      "application_name",
+      "channel_binding",
+      "client_encoding",
+      "connect_timeout",
+      "gssencmode",
+      "keepalives",
+      "keepalives_count",
+      "keepalives_idle",
+      "keepalives_interval",
+      "options",
+      "sslmode",
+      "target_session_attrs",
+      "tcp_user_timeout",
+  };
+  static const std::set<std::string> kMysqlOptions = {"unix_socket", "charset",
+                                                      "ssl", "ssl_verify_cert"};
+  const std::set<std::string>& options =
+      postgres ? kPostgresOptions : kMysqlOptions;
+  for (const auto& [key, value] : sql.query) {
+    if (!options.contains(key)) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          names.connection, ": an ad-hoc ", sql.dialect,
+          " connection may not set the query option '", ShownKey(key),
+          "'; it may set ", absl::StrJoin(options, ", ")));
+    }
+  }
+
+  std::vector<Endpoint> endpoints;
+  // libpq takes a comma-separated list of hosts and tries each.
+  auto add = [&](const std::string& text, const std::string& source) {
+    if (!postgres) {
+      endpoints.push_back({text, source});
+      return;
+    }
+    for (absl::string_view host : absl::StrSplit(text, ',')) {
+      endpoints.push_back({std::string(host), source});
+    }
+  };
+  if (!sql.host.empty()) add(sql.host, "host");
+  if (auto it = sql.query.find(postgres ? "host" : "unix_socket");
+      it != sql.query.end()) {
+    add(it->second, absl::StrCat("query.", it->first));
+  }
+  if (endpoints.empty()) {
+    // Without a host the client library falls back to its own defaults
+    // (PGHOST, the default socket), which nobody listed.
+    return absl::PermissionDeniedError(
+        absl::StrCat(names.connection, ": an ad-hoc ", sql.dialect,
+                     " connection must name its host"));
+  }
+
+  std::vector<HostPattern> patterns;
+  for (const std::string& entry : settings.ad_hoc_hosts) {
+    // LoadBrokerSettings has checked them; one that does not parse here
+    // simply matches nothing.
+    if (absl::StatusOr<HostPattern> p = ParseHostPattern(entry); p.ok()) {
+      patterns.push_back(*std::move(p));
+    }
+  }
+  const int port = sql.port.value_or(postgres ? 5432 : 3306);
+  for (const Endpoint& endpoint : endpoints) {
+    if (endpoint.host.empty() || !HostAllowed(endpoint.host, port, patterns)) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          names.connection,
+          ": ad-hoc connections may reach only the hosts listed in "
+          "broker.toml's [security] ad_hoc_hosts, and the one given by '",
+          endpoint.source, "' (port ", port,
+          ") is not among them; configure it as a ", names.section,
+          " section instead"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckAdHocTarget(const Names& names, const SqlTarget& sql,
+                              const BrokerSettings& settings) {
+  if (sql.dialect == "sqlite") {
+    return CheckAdHocSqlitePath(names, sql, settings);
+  }
+  return CheckAdHocNetworkTarget(names, sql, settings);
+}
 
 // "no connection named 'x': ..." -- shared by the no-type and the
 // nothing-to-connect-to cases, which both mean the section is missing.
@@ -39,34 +334,49 @@ bool IsFirstPartyName(const std::string& name) {
   return false;
 }
 
+// create_engine_kwargs -> PoolSettings: SQLAlchemy's names, and
+// connbroker's own for what SQLAlchemy's QueuePool lacks.
 absl::Status ApplyEngineKwargs(const Params& params, PoolSettings& pool) {
-  if (auto it = params.find("create_engine_kwargs.pool_size");
-      it != params.end()) {
-    const auto* size = std::get_if<int64_t>(&it->second);
-    if (size == nullptr || *size < 1 || *size > kMaxPoolSize) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("create_engine_kwargs.pool_size must be an integer "
-                       "from 1 to ",
-                       kMaxPoolSize));
+  static constexpr std::pair<const char*, const char*> kKeys[] = {
+      {"pool_size", "pool_size"},
+      {"max_overflow", "max_overflow"},
+      {"pool_timeout", "acquire_timeout"},
+      {"pool_recycle", "recycle"},
+      {"pool_pre_ping", "pre_ping"},
+      // SQLite's sqlite3.connect(timeout=): how long to wait for a lock.
+      {"connect_args.timeout", "busy_timeout"},
+      // libpq's and the MySQL clients' connect_timeout.
+      {"connect_args.connect_timeout", "connect_timeout"},
+      {"min_idle", "min_idle"},
+      {"idle_timeout", "idle_timeout"},
+      {"max_waiting", "max_waiting"},
+  };
+  const int default_min_idle = pool.min_idle;
+  bool min_idle_given = false;
+  for (const auto& [name, field] : kKeys) {
+    const std::string key = absl::StrCat("create_engine_kwargs.", name);
+    auto it = params.find(key);
+    if (it == params.end()) continue;
+    if (absl::Status s = SetPoolSetting(field, it->second, key, pool);
+        !s.ok()) {
+      return s;
     }
-    pool.pool_size = static_cast<int>(*size);
+    if (absl::string_view(field) == "min_idle") min_idle_given = true;
   }
-  if (auto it = params.find("create_engine_kwargs.pool_timeout");
-      it != params.end()) {
-    absl::StatusOr<absl::Duration> timeout =
-        ParseDuration(it->second, "create_engine_kwargs.pool_timeout");
-    if (!timeout.ok()) return timeout.status();
-    pool.acquire_timeout = *timeout;
+  if (min_idle_given) {
+    if (pool.min_idle > pool.pool_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "create_engine_kwargs.min_idle must be an integer from 0 to "
+          "pool_size (",
+          pool.pool_size, ")"));
+    }
+  } else {
+    // A smaller pool_size alone takes the broker's min_idle down with it.
+    pool.min_idle = std::min(default_min_idle, pool.pool_size);
   }
-  if (auto it = params.find("create_engine_kwargs.connect_args.timeout");
-      it != params.end()) {
-    absl::StatusOr<absl::Duration> timeout =
-        ParseDuration(it->second, "create_engine_kwargs.connect_args.timeout");
-    if (!timeout.ok()) return timeout.status();
-    pool.busy_timeout = *timeout;
-  }
-  // Other create_engine_kwargs (echo, pool_recycle, ...) have no meaning
-  // for the broker's pools and are ignored, as the request still works.
+  // Other create_engine_kwargs (echo, connect_args.check_same_thread, ...)
+  // have no meaning for the broker's pools and are ignored, so the same
+  // secrets work under Streamlit and here.
   return absl::OkStatus();
 }
 
@@ -132,6 +442,15 @@ absl::StatusOr<ConnectionSpec> ResolveSpec(const ConnectArgs& args,
                                            const Secrets& secrets,
                                            const EnvLookup& env,
                                            const PoolSettings& pool_defaults) {
+  BrokerSettings settings;
+  settings.pool = pool_defaults;
+  return ResolveSpec(args, secrets, env, settings);
+}
+
+absl::StatusOr<ConnectionSpec> ResolveSpec(const ConnectArgs& args,
+                                           const Secrets& secrets,
+                                           const EnvLookup& env,
+                                           const BrokerSettings& settings) {
   ConnectionSpec spec;
 
   // 1. The name, possibly from the daemon's environment.
@@ -154,9 +473,21 @@ absl::StatusOr<ConnectionSpec> ResolveSpec(const ConnectArgs& args,
     return absl::InvalidArgumentError("connection name is empty");
   }
 
-  // 2. Params: the section, then the request's kwargs key by key.
+  // 2. Params: the section, then the request's kwargs key by key -- except
+  // that a client may not redirect a configured connection.
+  const Names names = NamesFor(args, spec.name);
   const Params* section = secrets.FindConnection(spec.name);
-  if (section != nullptr) spec.params = *section;
+  if (section != nullptr) {
+    if (absl::Status s = CheckClientKwargs(names, *section, args.kwargs);
+        !s.ok()) {
+      return s;
+    }
+    spec.params = *section;
+  } else {
+    for (const auto& [key, value] : args.kwargs) {
+      if (IsSectionOnlyKey(key)) return SectionOnly(names, key);
+    }
+  }
   for (const auto& [key, value] : args.kwargs) spec.params[key] = value;
 
   // 3. The type: request, else `type` in the params, else the name.
@@ -206,18 +537,40 @@ absl::StatusOr<ConnectionSpec> ResolveSpec(const ConnectArgs& args,
   }
   spec.params.erase("type");
   spec.params.erase("scope");
+  // The policy has been applied; it is not a connection parameter.
+  for (auto it = spec.params.lower_bound(kAllowClientKwargs);
+       it != spec.params.end() &&
+       (it->first == kAllowClientKwargs ||
+        absl::StartsWith(it->first, absl::StrCat(kAllowClientKwargs, ".")));) {
+    it = spec.params.erase(it);
+  }
 
-  // 5. The sql target.
-  if (section == nullptr && !spec.params.contains("url") &&
-      !spec.params.contains("dialect")) {
-    return NoSuchConnection(spec.name, secrets);
+  // 5. The sql target. Without a section, the kwargs alone say where to
+  // connect: an ad-hoc connection, which the daemon must allow.
+  if (section == nullptr) {
+    if (!spec.params.contains("url") && !spec.params.contains("dialect")) {
+      return NoSuchConnection(spec.name, secrets);
+    }
+    if (!settings.allow_ad_hoc) {
+      const std::vector<std::string> configured = secrets.ConnectionNames();
+      return absl::PermissionDeniedError(absl::StrCat(
+          names.connection, " has no ", names.section,
+          " section and this daemon does not allow ad-hoc connections "
+          "(broker.toml: allow_ad_hoc = true in [security]); configured: ",
+          configured.empty() ? "none" : absl::StrJoin(configured, ", ")));
+    }
   }
   absl::StatusOr<SqlTarget> sql = SqlTargetFromParams(spec.name, spec.params);
   if (!sql.ok()) return sql.status();
   spec.sql = *std::move(sql);
+  if (section == nullptr) {
+    if (absl::Status s = CheckAdHocTarget(names, spec.sql, settings); !s.ok()) {
+      return s;
+    }
+  }
 
   // 6. Pools.
-  spec.pool = pool_defaults;
+  spec.pool = settings.pool;
   if (absl::Status status = ApplyEngineKwargs(spec.params, spec.pool);
       !status.ok()) {
     return absl::InvalidArgumentError(

@@ -70,8 +70,45 @@ std::string NormalizeDialect(absl::string_view dialect) {
   return d;
 }
 
+// mysql and mariadb stay as written: the server speaks one protocol to both,
+// and the name the user chose is what Describe() should show.
+bool IsKnownDialect(const std::string& dialect) {
+  return dialect == "sqlite" || dialect == "postgresql" || dialect == "mysql" ||
+         dialect == "mariadb";
+}
+
+std::string UnknownDialectMessage(const std::string& dialect) {
+  // Parts are any text a client sent: quote a bounded prefix.
+  constexpr size_t kMaxShown = 32;
+  return absl::StrCat(
+      "unknown SQL dialect '", dialect.substr(0, kMaxShown),
+      dialect.size() > kMaxShown ? "..." : "",
+      "'; known: sqlite, postgresql (or postgres), mysql, mariadb, each "
+      "optionally with a driver as SQLAlchemy spells it "
+      "(postgresql+psycopg2, mysql+pymysql, sqlite+pysqlite, ...)");
+}
+
+// The driver names the Python DBAPI SQLAlchemy would load; the broker speaks
+// each protocol itself and keeps the name only to describe the connection.
+// A name outside [A-Za-z0-9_] would make that description ambiguous.
+bool IsValidDriver(absl::string_view driver) {
+  if (driver.empty()) return false;
+  for (char c : driver) {
+    if (!absl::ascii_isalnum(c) && c != '_') return false;
+  }
+  return true;
+}
+
 bool NeedsHostAndDatabase(const std::string& dialect) {
   return dialect == "postgresql" || dialect == "mysql" || dialect == "mariadb";
+}
+
+// The query option that names a Unix socket in place of a network host:
+// libpq's `host` (a directory), MySQL's `unix_socket` (the socket file).
+const char* SocketOption(const std::string& dialect) {
+  if (dialect == "postgresql") return "host";
+  if (dialect == "mysql" || dialect == "mariadb") return "unix_socket";
+  return nullptr;
 }
 
 // The port text is not quoted in errors: in a URL missing its '@', what sits
@@ -155,7 +192,17 @@ absl::StatusOr<SqlTarget> ParseSqlUrl(const std::string& url) {
         "not a database URL: the scheme must be dialect[+driver]");
   }
   target.dialect = NormalizeDialect(name_parts[0]);
-  if (name_parts.size() == 2) target.driver = std::string(name_parts[1]);
+  if (!IsKnownDialect(target.dialect)) {
+    return absl::InvalidArgumentError(UnknownDialectMessage(target.dialect));
+  }
+  if (name_parts.size() == 2) {
+    if (!IsValidDriver(name_parts[1])) {
+      return absl::InvalidArgumentError(
+          "not a database URL: the driver after '+' must be letters, digits "
+          "or '_'");
+    }
+    target.driver = std::string(name_parts[1]);
+  }
 
   // user[:password]@, as SQLAlchemy's pattern matches it: the user is a
   // run without ':' or '/', the password runs to the first '@' after it.
@@ -274,7 +321,32 @@ absl::StatusOr<SqlTarget> SqlTargetFromParams(const std::string& name,
     if (!text.ok()) return text.status();
     *part.field = *std::move(text);
   }
+  // Streamlit hands `dialect` and `driver` to SQLAlchemy as
+  // drivername = "dialect+driver", so dialect = "postgresql+psycopg2" works
+  // there, and must here.
+  if (const size_t plus = target.dialect.find('+'); plus != std::string::npos) {
+    const std::string driver = target.dialect.substr(plus + 1);
+    if (params.contains("driver") && target.driver != driver) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sql connection '", name,
+                       "': 'dialect' names one driver after its '+' and "
+                       "'driver' another; give the driver once"));
+    }
+    target.driver = driver;
+    target.dialect.resize(plus);
+  }
   target.dialect = NormalizeDialect(target.dialect);
+  if (!target.dialect.empty() && !IsKnownDialect(target.dialect)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sql connection '", name,
+                     "': ", UnknownDialectMessage(target.dialect)));
+  }
+  if (!target.driver.empty() && !IsValidDriver(target.driver)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sql connection '", name,
+                     "': 'driver' must be letters, digits or '_' (e.g. "
+                     "psycopg2, pymysql)"));
+  }
 
   if (auto it = params.find("port");
       it != params.end() &&
@@ -315,11 +387,37 @@ absl::StatusOr<SqlTarget> SqlTargetFromParams(const std::string& name,
     return absl::InvalidArgumentError(absl::StrCat(
         "sql connection '", name, "' needs 'dialect' (or a 'url')"));
   }
+  // The C client libraries stop at a NUL ("%00" in a URL): "/ok/x.db\0/../.."
+  // would be checked as one path and opened as another.
+  const std::pair<const char*, const std::string*> text_fields[] = {
+      {"username", &target.username},
+      {"password", &target.password},
+      {"host", &target.host},
+      {"database", &target.database}};
+  for (const auto& [key, field] : text_fields) {
+    if (field->find('\0') != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sql connection '", name, "': '", key, "' holds a NUL character"));
+    }
+  }
+  for (const auto& [key, value] : target.query) {
+    if (key.find('\0') != std::string::npos ||
+        value.find('\0') != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sql connection '", name, "': a query option holds a NUL character"));
+    }
+  }
   if (NeedsHostAndDatabase(target.dialect)) {
-    if (target.host.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("sql connection '", name,
-                                                     "' needs 'host' (dialect ",
-                                                     target.dialect, ")"));
+    // A Unix socket given as a query option stands in for the host, as in
+    // postgresql://u:p@/db?host=/run/postgresql.
+    const char* socket = SocketOption(target.dialect);
+    auto socket_it = target.query.find(socket);
+    const bool has_socket =
+        socket_it != target.query.end() && !socket_it->second.empty();
+    if (target.host.empty() && !has_socket) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sql connection '", name, "' needs 'host' (dialect ", target.dialect,
+          "), or a Unix socket as 'query.", socket, "'"));
     }
     if (target.database.empty()) {
       return absl::InvalidArgumentError(

@@ -25,6 +25,8 @@ class BrokerReloadTest : public ::testing::Test {
     options.secrets_files = {{path_, /*required=*/true}};
     options.env = [](const std::string&) { return std::nullopt; };
     options.database_factory = OpenDatabase;
+    // "other" below is an ad-hoc (in-memory) connection: no section.
+    options.settings.allow_ad_hoc = true;
     broker_ = std::make_unique<Broker>(std::move(options), Clock::Real());
   }
 

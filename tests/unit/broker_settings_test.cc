@@ -5,7 +5,10 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "gmock/gmock.h"
@@ -55,10 +58,17 @@ worker_threads = 8
 max_entries = 100
 ttl = "10m"
 [pool]
-readers = 2
+pool_size = 2
+max_overflow = 3
+min_idle = 1
 acquire_timeout = 3
-busy_timeout = "500ms"
+recycle = "30m"
+pre_ping = true
+pre_ping_after = "2s"
 idle_timeout = "1h"
+max_waiting = 10
+connect_timeout = 7
+busy_timeout = "500ms"
 [query]
 chunk_rows = 500
 batch_bytes = 4096
@@ -66,6 +76,10 @@ max_attempts = 5
 [result_cache]
 max_bytes = 1000000
 max_entry_bytes = 1000
+[security]
+allow_ad_hoc = true
+ad_hoc_sqlite_dirs = ["/srv/dbs/", "/var/lib/app/../scratch"]
+ad_hoc_hosts = ["db.internal", "pg2:6432", "[::1]:5432", "/run/postgresql"]
 )";
   absl::StatusOr<BrokerSettings> s = LoadBrokerSettings(Write(text));
   ASSERT_TRUE(s.ok()) << s.status();
@@ -80,14 +94,153 @@ max_entry_bytes = 1000
   EXPECT_EQ(s->default_max_entries, 100);
   EXPECT_EQ(s->default_ttl, absl::Minutes(10));
   EXPECT_EQ(s->pool.pool_size, 2);
+  EXPECT_EQ(s->pool.max_overflow, 3);
+  EXPECT_EQ(s->pool.min_idle, 1);
   EXPECT_EQ(s->pool.acquire_timeout, absl::Seconds(3));
-  EXPECT_EQ(s->pool.busy_timeout, absl::Milliseconds(500));
+  EXPECT_EQ(s->pool.recycle, absl::Minutes(30));
+  EXPECT_TRUE(s->pool.pre_ping);
+  EXPECT_EQ(s->pool.pre_ping_after, absl::Seconds(2));
   EXPECT_EQ(s->pool.idle_timeout, absl::Hours(1));
+  EXPECT_EQ(s->pool.max_waiting, 10);
+  EXPECT_EQ(s->pool.connect_timeout, absl::Seconds(7));
+  EXPECT_EQ(s->pool.busy_timeout, absl::Milliseconds(500));
+  EXPECT_TRUE(s->allow_ad_hoc);
+  EXPECT_THAT(s->ad_hoc_sqlite_dirs,
+              ElementsAre("/srv/dbs", "/var/lib/scratch"));
+  EXPECT_THAT(s->ad_hoc_hosts, ElementsAre("db.internal", "pg2:6432",
+                                           "[::1]:5432", "/run/postgresql"));
   EXPECT_EQ(s->default_chunk_rows, 500);
   EXPECT_EQ(s->batch_bytes, 4096);
   EXPECT_EQ(s->max_attempts, 5);
   EXPECT_EQ(s->result_cache_bytes, 1000000);
   EXPECT_EQ(s->result_cache_entry_bytes, 1000);
+}
+
+TEST_F(BrokerSettingsTest, EmptyFileDefaultsAreSafe) {
+  absl::StatusOr<BrokerSettings> s = LoadBrokerSettings(Write(""));
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_FALSE(s->allow_ad_hoc);
+  EXPECT_TRUE(s->ad_hoc_sqlite_dirs.empty());
+  EXPECT_TRUE(s->ad_hoc_hosts.empty());
+  EXPECT_EQ(s->pool.recycle, absl::InfiniteDuration());
+  EXPECT_LE(s->pool.min_idle, s->pool.pool_size);
+}
+
+TEST_F(BrokerSettingsTest, PoolTakesSqlAlchemyNamesAndReaders) {
+  absl::StatusOr<BrokerSettings> s =
+      LoadBrokerSettings(Write("[pool]\nreaders = 6\npool_timeout = \"1m\"\n"
+                               "pool_recycle = -1\npool_pre_ping = true\n"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->pool.pool_size, 6);
+  EXPECT_EQ(s->pool.acquire_timeout, absl::Minutes(1));
+  EXPECT_EQ(s->pool.recycle, absl::InfiniteDuration());
+  EXPECT_TRUE(s->pool.pre_ping);
+
+  s = LoadBrokerSettings(Write("[pool]\npool_recycle = 3600\n"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->pool.recycle, absl::Hours(1));
+}
+
+TEST_F(BrokerSettingsTest, TwoNamesForOneSettingAreRefused) {
+  for (const auto& [text, message] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"[pool]\npool_size = 2\nreaders = 3\n",
+            "'pool.readers' sets the same setting as 'pool.pool_size'"},
+           {"[pool]\nacquire_timeout = 2\npool_timeout = 3\n",
+            "'pool.pool_timeout' sets the same setting as "
+            "'pool.acquire_timeout'"},
+           {"[pool]\npool_pre_ping = true\npre_ping = false\n",
+            "'pool.pre_ping' sets the same setting as 'pool.pool_pre_ping'"},
+       }) {
+    const std::string path = Write(text);
+    absl::StatusOr<BrokerSettings> s = LoadBrokerSettings(path);
+    ASSERT_FALSE(s.ok()) << text;
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(s.status().message()), HasSubstr(message));
+  }
+}
+
+TEST_F(BrokerSettingsTest, MinIdleAndPoolSize) {
+  // pool_size alone takes the default min_idle down with it; an explicit
+  // min_idle must fit.
+  absl::StatusOr<BrokerSettings> s =
+      LoadBrokerSettings(Write("[pool]\npool_size = 1\nmin_idle = 1\n"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->pool.min_idle, 1);
+  const std::string path = Write("[pool]\npool_size = 2\nmin_idle = 3\n");
+  s = LoadBrokerSettings(path);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().message(),
+            path + ": 'pool.min_idle' must not exceed pool.pool_size (2)");
+}
+
+TEST_F(BrokerSettingsTest, SecuritySettingsAreChecked) {
+  for (const auto& [text, message] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"[security]\nallow_ad_hoc = \"yes\"\n",
+            "'security.allow_ad_hoc' must be true or false"},
+           {"[security]\nad_hoc_sqlite_dirs = [\"data\"]\n",
+            "'security.ad_hoc_sqlite_dirs' must hold absolute directories; "
+            "'data' is relative"},
+           {"[security]\nad_hoc_sqlite_dirs = [1]\n",
+            "'security.ad_hoc_sqlite_dirs' must be a list of non-empty "
+            "strings"},
+           {"[security]\nad_hoc_hosts = [\"db:99999\"]\n",
+            "'security.ad_hoc_hosts' holds 'db:99999': the port must be a "
+            "number from 1 to 65535"},
+           {"[security]\nad_hoc_hosts = [\"db:\"]\n",
+            "'security.ad_hoc_hosts' holds 'db:': the port"},
+           {"[security]\nad_hoc_hosts = [\"user@db\"]\n",
+            "'security.ad_hoc_hosts' holds 'user@db': expected \"host\", "
+            "\"host:port\""},
+           {"[security]\nad_hoc_hosts = [\"\"]\n",
+            "'security.ad_hoc_hosts' must be a list of non-empty strings"},
+           {"[security]\nallow_adhoc = true\n",
+            "unknown key 'security.allow_adhoc'"},
+       }) {
+    const std::string path = Write(text);
+    absl::StatusOr<BrokerSettings> s = LoadBrokerSettings(path);
+    ASSERT_FALSE(s.ok()) << text;
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_THAT(std::string(s.status().message()),
+                StartsWith(path + ": " + message));
+  }
+  // A single string is a one-entry list.
+  absl::StatusOr<BrokerSettings> s = LoadBrokerSettings(
+      Write("[security]\nad_hoc_hosts = \"db\"\nad_hoc_sqlite_dirs = "
+            "\"/srv\"\n"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_THAT(s->ad_hoc_hosts, ElementsAre("db"));
+  EXPECT_THAT(s->ad_hoc_sqlite_dirs, ElementsAre("/srv"));
+}
+
+TEST(HostPatternTest, Forms) {
+  struct Case {
+    std::string entry;
+    HostPattern expected;
+  };
+  const Case cases[] = {
+      {"db.internal", {"db.internal", std::nullopt, false}},
+      {"DB.Internal:5432", {"db.internal", 5432, false}},
+      {" 10.0.0.5:3306 ", {"10.0.0.5", 3306, false}},
+      {"[::1]", {"::1", std::nullopt, false}},
+      {"[::1]:5432", {"::1", 5432, false}},
+      {"fe80::1", {"fe80::1", std::nullopt, false}},
+      {"[0:0:0:0:0:0:0:1]:5432", {"::1", 5432, false}},
+      {"/run/postgresql/", {"/run/postgresql", std::nullopt, true}},
+      {"/run/mysqld/../mysqld/mysqld.sock",
+       {"/run/mysqld/mysqld.sock", std::nullopt, true}},
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<HostPattern> p = ParseHostPattern(c.entry);
+    ASSERT_TRUE(p.ok()) << c.entry << ": " << p.status();
+    EXPECT_EQ(*p, c.expected) << c.entry;
+  }
+  for (const std::string bad :
+       {"", ":5432", "db:0", "db:x", "[::1", "[::1]x", "[]", "a b", "h/x",
+        "h,i", "db:5432:1", "[db.internal]", "fe80::1%eth0"}) {
+    EXPECT_FALSE(ParseHostPattern(bad).ok()) << bad;
+  }
 }
 
 TEST_F(BrokerSettingsTest, SingleSecretsPath) {
@@ -130,6 +283,17 @@ TEST_F(BrokerSettingsTest, OutOfRangeValuesAreNamed) {
            {"[cache]\nttl = \"-5m\"\n", "cache.ttl"},
            {"[pool]\nbusy_timeout = \"soon\"\n", "pool.busy_timeout"},
            {"[pool]\nreaders = \"4\"\n", "pool.readers"},
+           {"[pool]\npool_size = 0\n", "pool.pool_size"},
+           {"[pool]\nmax_overflow = -1\n", "pool.max_overflow"},
+           {"[pool]\nmax_overflow = 1025\n", "pool.max_overflow"},
+           {"[pool]\nmin_idle = -1\n", "pool.min_idle"},
+           {"[pool]\nrecycle = 0\n", "pool.recycle"},
+           {"[pool]\npool_recycle = -5\n", "pool.pool_recycle"},
+           {"[pool]\npre_ping = 1\n", "pool.pre_ping"},
+           {"[pool]\nidle_timeout = 0\n", "pool.idle_timeout"},
+           {"[pool]\nmax_waiting = 65537\n", "pool.max_waiting"},
+           {"[pool]\nconnect_timeout = 0\n", "pool.connect_timeout"},
+           {"[pool]\nacquire_timeout = true\n", "pool.acquire_timeout"},
            {"[broker]\nlog_level = \"loud\"\n", "broker.log_level"},
            {"[broker]\nlisten = 5\n", "broker.listen"}}) {
     const std::string path = Write(text);

@@ -109,7 +109,67 @@ INSTANTIATE_TEST_SUITE_P(
                 "postgresql://h/d?password=***&sslmode=disable"},
         UrlCase{"postgresql://h:/d",
                 Target("postgresql", "", "", "", "h", {}, "d"),
-                "postgresql://h/d"}));
+                "postgresql://h/d"},
+        // Every spelling SQLAlchemy accepts for the dialects the broker
+        // speaks; the driver is kept as written and shown.
+        UrlCase{
+            "postgres+psycopg2://app:pw@db:5432/sales",
+            Target("postgresql", "psycopg2", "app", "pw", "db", 5432, "sales"),
+            "postgresql+psycopg2://app:***@db:5432/sales"},
+        UrlCase{"postgresql+psycopg://app@db/sales",
+                Target("postgresql", "psycopg", "app", "", "db", {}, "sales"),
+                "postgresql+psycopg://app@db/sales"},
+        UrlCase{"postgresql+asyncpg://app@db/sales",
+                Target("postgresql", "asyncpg", "app", "", "db", {}, "sales"),
+                "postgresql+asyncpg://app@db/sales"},
+        UrlCase{"PostgreSQL+psycopg2://app@db/sales",
+                Target("postgresql", "psycopg2", "app", "", "db", {}, "sales"),
+                "postgresql+psycopg2://app@db/sales"},
+        UrlCase{"mysql+pymysql://u:pw@h/d",
+                Target("mysql", "pymysql", "u", "pw", "h", {}, "d"),
+                "mysql+pymysql://u:***@h/d"},
+        UrlCase{"mysql+mysqldb://u@h/d",
+                Target("mysql", "mysqldb", "u", "", "h", {}, "d"),
+                "mysql+mysqldb://u@h/d"},
+        UrlCase{"mysql+mysqlconnector://u@h:3307/d",
+                Target("mysql", "mysqlconnector", "u", "", "h", 3307, "d"),
+                "mysql+mysqlconnector://u@h:3307/d"},
+        UrlCase{"mariadb://u@h/d", Target("mariadb", "", "u", "", "h", {}, "d"),
+                "mariadb://u@h/d"},
+        UrlCase{"mariadb+mariadbconnector://u@h/d",
+                Target("mariadb", "mariadbconnector", "u", "", "h", {}, "d"),
+                "mariadb+mariadbconnector://u@h/d"},
+        // A Unix socket as a query option, with no host in the authority.
+        UrlCase{"postgresql://u:pw@/db?host=/run/postgresql",
+                Target("postgresql", "", "u", "pw", "", {}, "db",
+                       {{"host", "/run/postgresql"}}),
+                "postgresql://u:***@/db?host=/run/postgresql"},
+        UrlCase{"mysql+pymysql://u:pw@/db?unix_socket=/run/mysqld/"
+                "mysqld.sock",
+                Target("mysql", "pymysql", "u", "pw", "", {}, "db",
+                       {{"unix_socket", "/run/mysqld/mysqld.sock"}}),
+                "mysql+pymysql://u:***@/db?unix_socket=/run/mysqld/"
+                "mysqld.sock"}));
+
+TEST(ParseSqlUrlTest, UnknownDialectsListTheKnownOnes) {
+  for (const std::string url :
+       {"oracle://u:Pw0rd!@h/d", "mssql+pyodbc://h/d", "postgre://h/d"}) {
+    absl::StatusOr<SqlTarget> t = ParseSqlUrl(url);
+    ASSERT_FALSE(t.ok()) << url;
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+    const std::string message(t.status().message());
+    EXPECT_THAT(message, HasSubstr("unknown SQL dialect '"));
+    EXPECT_THAT(message, HasSubstr("known: sqlite, postgresql (or postgres), "
+                                   "mysql, mariadb"));
+    EXPECT_THAT(message, Not(HasSubstr("Pw0rd!")));
+  }
+  absl::StatusOr<SqlTarget> t = SqlTargetFromParams(
+      "db", {{"dialect", std::string("oracle")}, {"host", std::string("h")}});
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(t.status().message()),
+              HasSubstr("sql connection 'db': unknown SQL dialect 'oracle'"));
+}
 
 TEST(ParseSqlUrlTest, BadPortsAreInvalid) {
   for (const std::string url :
@@ -219,6 +279,100 @@ TEST(SqlTargetFromParamsTest, MissingPartsAreNamed) {
     EXPECT_THAT(std::string(t.status().message()),
                 HasSubstr("sql connection 'mydb' " + c.missing));
     EXPECT_THAT(std::string(t.status().message()), Not(HasSubstr("Pw0rd!")));
+  }
+}
+
+TEST(SqlTargetFromParamsTest, UnixSocketsStandInForTheHost) {
+  absl::StatusOr<SqlTarget> t =
+      SqlTargetFromParams("pg", {{"dialect", std::string("postgresql")},
+                                 {"database", std::string("d")},
+                                 {"query.host", std::string("/run/pg")}});
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->host, "");
+  EXPECT_EQ(t->Describe(), "postgresql:///d?host=/run/pg");
+
+  for (const std::string dialect : {"mysql", "mariadb"}) {
+    t = SqlTargetFromParams(
+        "my", {{"dialect", dialect},
+               {"database", std::string("d")},
+               {"query.unix_socket", std::string("/run/mysqld/mysqld.sock")}});
+    EXPECT_TRUE(t.ok()) << dialect << ": " << t.status();
+  }
+
+  // Each dialect's own option only, and it must not be empty.
+  const Params missing[] = {
+      {{"dialect", std::string("mysql")},
+       {"database", std::string("d")},
+       {"query.host", std::string("/run/mysqld")}},
+      {{"dialect", std::string("postgresql")},
+       {"database", std::string("d")},
+       {"query.unix_socket", std::string("/run/pg/.s.PGSQL.5432")}},
+      {{"url", std::string("postgresql://u@/d?host=")}},
+  };
+  for (const Params& params : missing) {
+    t = SqlTargetFromParams("x", params);
+    ASSERT_FALSE(t.ok());
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(t.status().message()),
+                HasSubstr("sql connection 'x' needs 'host'"));
+    EXPECT_THAT(std::string(t.status().message()),
+                HasSubstr("or a Unix socket as 'query."));
+  }
+}
+
+TEST(SqlTargetFromParamsTest, DialectMayCarryTheDriver) {
+  // Streamlit passes dialect+driver to SQLAlchemy as one drivername.
+  absl::StatusOr<SqlTarget> t =
+      SqlTargetFromParams("db", {{"dialect", std::string("postgres+psycopg2")},
+                                 {"host", std::string("h")},
+                                 {"database", std::string("d")}});
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->dialect, "postgresql");
+  EXPECT_EQ(t->driver, "psycopg2");
+  EXPECT_EQ(t->Describe(), "postgresql+psycopg2://h/d");
+
+  t = SqlTargetFromParams("db", {{"dialect", std::string("mysql+pymysql")},
+                                 {"driver", std::string("pymysql")},
+                                 {"host", std::string("h")},
+                                 {"database", std::string("d")}});
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->Describe(), "mysql+pymysql://h/d");
+
+  t = SqlTargetFromParams("db", {{"dialect", std::string("mysql+pymysql")},
+                                 {"driver", std::string("mysqldb")},
+                                 {"host", std::string("h")},
+                                 {"database", std::string("d")}});
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(std::string(t.status().message()),
+              HasSubstr("give the driver once"));
+
+  // A driver that would make the description ambiguous.
+  for (const std::string driver : {"a/b", "x@y", "p q", "psycopg2://"}) {
+    t = SqlTargetFromParams("db", {{"dialect", std::string("postgresql")},
+                                   {"driver", driver},
+                                   {"host", std::string("h")},
+                                   {"database", std::string("d")}});
+    ASSERT_FALSE(t.ok()) << driver;
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(t.status().message()),
+                HasSubstr("'driver' must be letters, digits or '_'"));
+  }
+}
+
+TEST(SqlTargetFromParamsTest, NulCharactersAreRefused) {
+  // C client libraries stop at a NUL: the broker would check one string and
+  // the library use another.
+  const Params cases[] = {
+      {{"dialect", std::string("sqlite")},
+       {"database", std::string("/ok/a.db\0/../../etc/x", 21)}},
+      {{"url", std::string("postgresql://h/d?host=/run/pg%00x")}},
+      {{"url", std::string("postgresql://u:p%00w@h/d")}},
+  };
+  for (const Params& params : cases) {
+    absl::StatusOr<SqlTarget> t = SqlTargetFromParams("db", params);
+    ASSERT_FALSE(t.ok());
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(t.status().message()), HasSubstr("NUL"));
   }
 }
 

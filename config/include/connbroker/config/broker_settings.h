@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "connbroker/config/value.h"
 
 namespace connbroker::config {
 
@@ -40,6 +41,24 @@ struct PoolSettings {
   friend bool operator==(const PoolSettings&, const PoolSettings&) = default;
 };
 
+// Bounds of the PoolSettings fields, shared by broker.toml and
+// create_engine_kwargs. A pool is shared by every client of a connection,
+// so each one has a finite bound.
+inline constexpr int kMaxPoolSize = 1024;
+inline constexpr int kMaxPoolOverflow = 1024;
+inline constexpr int kMaxPoolWaiting = 65536;
+
+// Sets one PoolSettings field, named as the struct names it ("pool_size",
+// "max_overflow", "min_idle", "acquire_timeout", "recycle", "pre_ping",
+// "pre_ping_after", "idle_timeout", "max_waiting", "connect_timeout",
+// "busy_timeout"), after checking the value's kind and range. Durations are
+// seconds or text such as "10m"; recycle also takes -1 (never). `what` is
+// the key as the user wrote it ("create_engine_kwargs.pool_size"); errors
+// are INVALID_ARGUMENT "<what> must be ..." stating the range. An unknown
+// field is INTERNAL (a caller's bug).
+absl::Status SetPoolSetting(const std::string& field, const Value& value,
+                            const std::string& what, PoolSettings& pool);
+
 struct BrokerSettings {
   std::string listen;  // "unix:/path" or "host:port"; "" = default
   std::vector<std::string> secrets;  // secrets files; empty = discovery
@@ -57,14 +76,55 @@ struct BrokerSettings {
   int max_attempts = 3;           // tries of a query on a broken backend
   int64_t result_cache_bytes = 256ll << 20;       // all cached results
   int64_t result_cache_entry_bytes = 64ll << 20;  // one cached result
+
+  // Ad-hoc connections: a Connect whose name has no [connections.<name>]
+  // section and whose kwargs say where to connect. Off by default: a shared
+  // daemon would otherwise open any file it can read and reach any host it
+  // can route to on behalf of any client. When on, a SQLite file must lie
+  // inside one of ad_hoc_sqlite_dirs (in-memory is always fine) and a network
+  // database must be one of ad_hoc_hosts.
+  bool allow_ad_hoc = false;
+  // Absolute directories, lexically normalized.
+  std::vector<std::string> ad_hoc_sqlite_dirs;
+  // "host", "host:port", "[v6addr]", "[v6addr]:port" (a bare host allows any
+  // port), or an absolute Unix-socket path (PostgreSQL's socket directory,
+  // MySQL's socket file). Host names match as written, case-insensitively;
+  // nothing is resolved through DNS.
+  std::vector<std::string> ad_hoc_hosts;
 };
+
+// One entry of ad_hoc_hosts, parsed.
+struct HostPattern {
+  std::string host;         // lower case; no brackets; a socket path as is
+  std::optional<int> port;  // none: any port
+  bool socket = false;      // host is an absolute Unix-socket path
+
+  friend bool operator==(const HostPattern&, const HostPattern&) = default;
+};
+
+// Parses an ad_hoc_hosts entry (forms above); INVALID_ARGUMENT saying which
+// form was expected.
+absl::StatusOr<HostPattern> ParseHostPattern(const std::string& entry);
+
+// `text` as inet_ntop writes the IPv6 address it spells ("0:0::1" ->
+// "::1"), or nullopt when it is not one.
+std::optional<std::string> CanonicalIpv6(const std::string& text);
 
 // Reads broker.toml:
 //   [broker]  listen, secrets = [..], log_level, worker_threads
 //   [cache]   max_entries, ttl (seconds or "10m")
-//   [pool]    readers, acquire_timeout, busy_timeout, idle_timeout
+//   [pool]    the defaults of every connection's pool, overridden per
+//             connection by create_engine_kwargs; SQLAlchemy's name in ():
+//             pool_size 1..1024 (readers: the old name), max_overflow 0..1024,
+//             min_idle 0..pool_size, acquire_timeout (pool_timeout),
+//             recycle (pool_recycle; -1: never), pre_ping (pool_pre_ping),
+//             pre_ping_after, idle_timeout, max_waiting 0..65536,
+//             connect_timeout, busy_timeout (SQLite). Durations are seconds
+//             or text such as "10m".
 //   [query]   chunk_rows, batch_bytes, max_attempts
 //   [result_cache] max_bytes, max_entry_bytes
+//   [security] allow_ad_hoc (bool), ad_hoc_sqlite_dirs = [absolute dirs],
+//             ad_hoc_hosts = ["host", "host:port", "/socket/path", ...]
 // Unknown keys and out-of-range values are INVALID_ARGUMENT naming the file
 // and key; syntax errors name file:line:column.
 absl::StatusOr<BrokerSettings> LoadBrokerSettings(const std::string& path);
