@@ -1,7 +1,7 @@
 // OpenDatabase: picks the driver for a connection spec by type and dialect.
 //
-// The only place that knows which drivers this build has, so adding the
-// PostgreSQL or MySQL driver later touches this switch and nothing else.
+// The only place that knows which drivers this build has, so adding one
+// touches this switch and nothing else.
 #include <memory>
 #include <string>
 
@@ -10,6 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "connbroker/config/spec.h"
 #include "server/drivers/database.h"
+#include "server/drivers/mysql_database.h"
+#include "server/drivers/postgres_database.h"
 #include "server/drivers/sqlite_database.h"
 
 namespace connbroker::server {
@@ -23,10 +25,9 @@ absl::StatusOr<std::unique_ptr<Database>> OpenDatabase(
   }
   const std::string& dialect = spec.sql.dialect;
   if (dialect == "sqlite") return OpenSqliteDatabase(spec);
-  if (dialect == "postgresql" || dialect == "mysql" || dialect == "mariadb") {
-    return absl::UnimplementedError(
-        absl::StrCat("the ", dialect,
-                     " driver is not built yet; this build supports sqlite"));
+  if (dialect == "postgresql") return OpenPostgresDatabase(spec);
+  if (dialect == "mysql" || dialect == "mariadb") {
+    return OpenMysqlDatabase(spec);
   }
   return absl::InvalidArgumentError(
       absl::StrCat("connection ", spec.name, " has the unknown SQL dialect '",

@@ -1,0 +1,206 @@
+// BackendPool on its own: sizes (pool_size + max_overflow), recycle,
+// pre-ping, the backoff after a failed open, queueing, timeouts and
+// cancellation. The "backend" here is a plain object whose opens and closes
+// are counted: the pool's bookkeeping is under test, not a database (the
+// drivers' tests run the pool against real ones).
+#include "server/drivers/backend_pool.h"
+
+#include <atomic>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace connbroker::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct Counters {
+  std::atomic<int> opened{0};
+  std::atomic<int> closed{0};
+  std::atomic<bool> refuse_opens{false};
+  std::atomic<bool> fail_pings{false};
+};
+
+struct Backend {
+  explicit Backend(Counters* c) : counters(c), serial(++c->opened) {}
+  ~Backend() { ++counters->closed; }
+  Counters* counters;
+  int serial;
+};
+
+using Pool = BackendPool<Backend>;
+
+std::shared_ptr<Pool> MakePool(Counters* counters, BackendPoolOptions options) {
+  options.name = "db";
+  options.role = "backend";
+  return Pool::Create(
+      options,
+      {[counters]() -> absl::StatusOr<std::unique_ptr<Backend>> {
+         if (counters->refuse_opens) {
+           return absl::UnavailableError("connection refused");
+         }
+         return std::make_unique<Backend>(counters);
+       },
+       nullptr, [counters](Backend&) { return !counters->fail_pings.load(); }});
+}
+
+TEST(BackendPoolTest, OverflowBackendsCloseAsTheyComeBack) {
+  Counters counters;
+  std::shared_ptr<Pool> pool =
+      MakePool(&counters, {.pool_size = 2, .max_overflow = 2});
+  std::vector<Pool::Lease> leases;
+  for (int i = 0; i < 4; ++i) {
+    absl::StatusOr<Pool::Lease> lease = pool->Acquire();
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    leases.push_back(*std::move(lease));
+  }
+  EXPECT_EQ(pool->Stats().open, 4);
+  EXPECT_EQ(pool->Stats().max_size, 4);
+  leases.clear();
+  // pool_size stay idle; the two overflow backends closed.
+  EXPECT_EQ(pool->Stats().open, 2);
+  EXPECT_EQ(pool->Stats().idle, 2);
+  EXPECT_EQ(counters.closed.load(), 2);
+}
+
+TEST(BackendPoolTest, RecycleClosesBackendsPastTheirAge) {
+  Counters counters;
+  std::shared_ptr<Pool> pool =
+      MakePool(&counters, {.pool_size = 1, .recycle = absl::Milliseconds(30)});
+  int first_serial;
+  {
+    absl::StatusOr<Pool::Lease> lease = pool->Acquire();
+    ASSERT_TRUE(lease.ok());
+    first_serial = (*lease)->serial;
+  }
+  absl::SleepFor(absl::Milliseconds(40));  // the backend's age, not a race
+  absl::StatusOr<Pool::Lease> lease = pool->Acquire();
+  ASSERT_TRUE(lease.ok());
+  EXPECT_NE((*lease)->serial, first_serial);
+  EXPECT_EQ(pool->Stats().recycled, 1);
+}
+
+TEST(BackendPoolTest, PrePingReplacesADeadIdleBackend) {
+  Counters counters;
+  std::shared_ptr<Pool> pool = MakePool(
+      &counters, {.pool_size = 1, .pre_ping_after = absl::ZeroDuration()});
+  { ASSERT_TRUE(pool->Acquire().ok()); }
+  counters.fail_pings = true;
+  absl::StatusOr<Pool::Lease> lease = pool->Acquire();
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_EQ((*lease)->serial, 2);  // a new one, not the dead one
+  EXPECT_EQ(pool->Stats().pre_ping_failures, 1);
+  EXPECT_EQ(counters.closed.load(), 1);
+}
+
+TEST(BackendPoolTest, AFailedOpenBacksOffThenRecovers) {
+  Counters counters;
+  std::shared_ptr<Pool> pool =
+      MakePool(&counters, {.pool_size = 1,
+                           .backoff_initial = absl::Milliseconds(200),
+                           .backoff_max = absl::Milliseconds(200)});
+  counters.refuse_opens = true;
+  absl::StatusOr<Pool::Lease> refused = pool->Acquire();
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  // During the backoff no open is tried: the last error, at once.
+  counters.refuse_opens = false;
+  absl::StatusOr<Pool::Lease> backing_off = pool->Acquire();
+  ASSERT_FALSE(backing_off.ok());
+  EXPECT_THAT(backing_off.status().message(), HasSubstr("next attempt in"));
+  EXPECT_EQ(counters.opened.load(), 0);
+  EXPECT_EQ(pool->Stats().connect_failures, 1);
+  EXPECT_EQ(pool->Stats().in_use, 0);  // failed claims give their slot back
+  // Once it passes, the next claim opens and the pool recovers.
+  const absl::Time give_up = absl::Now() + absl::Seconds(5);
+  absl::StatusOr<Pool::Lease> recovered = pool->Acquire();
+  while (!recovered.ok() && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(50));
+    recovered = pool->Acquire();
+  }
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  EXPECT_EQ(counters.opened.load(), 1);
+}
+
+TEST(BackendPoolTest, AQueuedCallerTimesOutWithResourceExhausted) {
+  Counters counters;
+  std::shared_ptr<Pool> pool = MakePool(
+      &counters, {.pool_size = 1, .acquire_timeout = absl::Milliseconds(50)});
+  absl::StatusOr<Pool::Lease> held = pool->Acquire();
+  ASSERT_TRUE(held.ok());
+  absl::Notification answered;
+  absl::Status answer;
+  pool->Reserve(nullptr, [&](absl::StatusOr<Reservation> slot) {
+    answer = slot.status();
+    answered.Notify();
+  });
+  // Answered by the timer thread; this thread waits for the answer only.
+  ASSERT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(answer.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(answer.message(), HasSubstr("pool_size 1 + max_overflow 0"));
+  EXPECT_EQ(pool->Stats().acquire_timeouts, 1);
+  EXPECT_EQ(pool->Stats().waiting, 0);
+}
+
+TEST(BackendPoolTest, AReleasedBackendGoesToTheFirstWaiter) {
+  Counters counters;
+  std::shared_ptr<Pool> pool = MakePool(&counters, {.pool_size = 1});
+  absl::StatusOr<Pool::Lease> held = pool->Acquire();
+  ASSERT_TRUE(held.ok());
+  std::vector<int> order;
+  std::vector<Reservation> granted;
+  for (int i = 0; i < 3; ++i) {
+    pool->Reserve(nullptr, [&, i](absl::StatusOr<Reservation> slot) {
+      ASSERT_TRUE(slot.ok());
+      order.push_back(i);
+      granted.push_back(*std::move(slot));
+    });
+  }
+  EXPECT_TRUE(order.empty());
+  held->Release();  // runs the first waiter's callback on this thread
+  ASSERT_EQ(order.size(), 1u);
+  // A claimed reservation is a lease on the same backend.
+  absl::StatusOr<Pool::Lease> lease = pool->Claim(std::move(granted[0]));
+  ASSERT_TRUE(lease.ok());
+  EXPECT_EQ((*lease)->serial, 1);
+  lease->Release();
+  EXPECT_THAT(order, ::testing::ElementsAre(0, 1));
+  granted[1] = Reservation();  // unclaimed: the slot passes on
+  EXPECT_THAT(order, ::testing::ElementsAre(0, 1, 2));
+}
+
+TEST(BackendPoolTest, CloseFailsTheQueuedCallers) {
+  Counters counters;
+  std::shared_ptr<Pool> pool = MakePool(&counters, {.pool_size = 1});
+  absl::StatusOr<Pool::Lease> held = pool->Acquire();
+  ASSERT_TRUE(held.ok());
+  absl::Status answer;
+  pool->Reserve(nullptr, [&](absl::StatusOr<Reservation> slot) {
+    answer = slot.status();
+  });
+  pool->Close();
+  EXPECT_EQ(answer.code(), absl::StatusCode::kUnavailable);
+  held->Release();
+  EXPECT_EQ(pool->Stats().open, 0);
+}
+
+TEST(BackendPoolTest, MinIdleIsKeptOpen) {
+  Counters counters;
+  std::shared_ptr<Pool> pool = MakePool(
+      &counters,
+      {.pool_size = 3, .min_idle = 2, .idle_timeout = absl::ZeroDuration()});
+  pool->FillMinIdle();
+  EXPECT_EQ(pool->Stats().idle, 2);
+  // Idle past the timeout, but min_idle stay.
+  EXPECT_EQ(pool->CloseIdle(absl::Now() + absl::Hours(1)), 0);
+  EXPECT_EQ(pool->Stats().idle, 2);
+}
+
+}  // namespace
+}  // namespace connbroker::server
