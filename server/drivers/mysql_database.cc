@@ -45,6 +45,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -508,45 +509,78 @@ bool PingBackend(MysqlBackend& backend) {
 // Cancellation
 
 // Interrupts the statement running on one backend from another thread.
+//
+// The interrupter only starts the KILL on a thread of its own: it runs under
+// the CancelSignal's lock, often on a gRPC reactor thread, and a side
+// connection can take up to its connect timeout. The thread that owns the
+// backend waits for that thread (Wait, cut, SettleAfterKill) before it
+// hands the backend on, so a late KILL can never reach the next user.
 class Killer {
  public:
   Killer(std::shared_ptr<const Target> target, MysqlBackend& backend)
       : target_(std::move(target)),
         thread_id_(backend.thread_id()),
         mysql_(backend.mysql()) {}
+  ~Killer() { Wait(); }
+  Killer(const Killer&) = delete;
+  Killer& operator=(const Killer&) = delete;
 
   // The interrupter to arm; `this` must outlive the armed scope.
   std::function<void()> Interrupter() {
-    return [this] { Kill(); };
+    return [this] { Start(); };
   }
 
-  // Sends KILL QUERY; when that fails (the server refuses new connections,
-  // say), shuts the backend's socket down instead, so the call returns
-  // anyway -- at the price of the backend.
+  // From the owning thread: kills and waits until the KILL was sent.
   void Kill() {
-    fired_.store(true, std::memory_order_release);
-    if (!KillQuery(*target_, thread_id_).ok()) {
-      mariadb_cancel(mysql_);
-      cut_.store(true, std::memory_order_release);
-    }
+    Start();
+    Wait();
   }
 
   bool fired() const { return fired_.load(std::memory_order_acquire); }
-  // The backend's link was cut: it must be closed.
-  bool cut() const { return cut_.load(std::memory_order_acquire); }
+  // The backend's link was cut: it must be closed. Waits for the KILL.
+  bool cut() {
+    Wait();
+    return cut_.load(std::memory_order_acquire);
+  }
+
+  // Until the KILL started by the interrupter, if any, was sent.
+  void Wait() {
+    std::thread killing;
+    {
+      absl::MutexLock lock(&mu_);
+      killing = std::move(thread_);
+    }
+    if (killing.joinable()) killing.join();
+  }
 
  private:
+  // Sends KILL QUERY; when that fails (the server refuses new connections,
+  // say), shuts the backend's socket down instead, so the call returns
+  // anyway -- at the price of the backend. At most once.
+  void Start() {
+    absl::MutexLock lock(&mu_);
+    if (fired_.exchange(true, std::memory_order_acq_rel)) return;
+    thread_ = std::thread([this] {
+      if (!KillQuery(*target_, thread_id_).ok()) {
+        mariadb_cancel(mysql_);
+        cut_.store(true, std::memory_order_release);
+      }
+    });
+  }
+
   const std::shared_ptr<const Target> target_;
   const unsigned long thread_id_;
   MYSQL* const mysql_;
   std::atomic<bool> fired_{false};
   std::atomic<bool> cut_{false};
+  absl::Mutex mu_;
+  std::thread thread_ ABSL_GUARDED_BY(mu_);
 };
 
 // After a KILL QUERY the statement is over, but the KILL may have reached
 // the server just after it ended; a no-op takes the hit so the next user's
 // statement cannot. False: close the backend.
-bool SettleAfterKill(MysqlBackend& backend, const Killer& killer) {
+bool SettleAfterKill(MysqlBackend& backend, Killer& killer) {
   if (killer.cut()) return false;
   MYSQL* m = backend.mysql();
   for (int attempt = 0; attempt < 2; ++attempt) {
@@ -1260,7 +1294,7 @@ class MysqlCursor : public ResultCursor {
     MYSQL* m = backend.mysql();
     bool broken = false;
     if (!exhausted_) {
-      if (!killer_->fired()) killer_->Kill();
+      killer_->Kill();  // no-op if the interrupter already did
       if (killer_->cut()) {
         broken = true;
       } else {

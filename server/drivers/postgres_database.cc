@@ -14,9 +14,10 @@
 // never enter the SQL text.
 //
 // Waiting for the server is a poll() loop instead of a blocking PQgetResult:
-// the CancelSignal's interrupter sends PQcancel at once, and the loop sends
-// it again while the statement keeps running, because a cancel request that
-// reaches the server before the statement does is ignored there.
+// it looks at the CancelSignal every kPollSlice, sends PQcancel from the
+// thread that owns the backend, and sends it again while the statement keeps
+// running, because a cancel request that reaches the server before the
+// statement does is ignored there.
 //
 // Hygiene: a backend goes back to the pool only outside a transaction (the
 // recycle hook rolls back), never in the middle of a result (cursors cancel
@@ -345,7 +346,7 @@ constexpr Oid kFloat8Oid = 701;
 // How long a waiting thread lets a cancelled statement run before sending
 // PQcancel again, and how often it looks.
 constexpr absl::Duration kCancelResend = absl::Seconds(1);
-constexpr absl::Duration kPollSlice = absl::Milliseconds(200);
+constexpr absl::Duration kPollSlice = absl::Milliseconds(50);
 // How long a cursor abandoned mid-result may take to cancel and drain before
 // its backend is closed instead.
 constexpr absl::Duration kDrainTimeout = absl::Seconds(5);
@@ -463,13 +464,14 @@ void SendCancelRequest(PGcancel* cancel) {
   PQcancel(cancel, error, sizeof(error));
 }
 
-// The interrupter a CancelSignal runs for a statement on `backend`. PQcancel
-// opens a short connection to the server, so this is quick only as long as
-// the server answers; the signal's lock is held meanwhile, which also means
-// the request has reached the server before the signal is disarmed.
-std::function<void()> CancelInterrupter(PgBackend& backend) {
-  PGcancel* cancel = backend.cancel.get();
-  return [cancel] { SendCancelRequest(cancel); };
+// The interrupter a CancelSignal runs for a statement on `backend`: nothing
+// but the signal's own flag. The thread waiting for the statement sees the
+// flag within kPollSlice and sends PQcancel itself. Sending it from the
+// interrupter would block whoever cancels -- under the signal's lock, often
+// a gRPC reactor thread -- for as long as the server takes to accept a
+// connection, which is unbounded when it drops packets.
+std::function<void()> CancelInterrupter(PgBackend&) {
+  return [] {};
 }
 
 // Waits for and reads the results of the statement in flight on one backend.
@@ -500,11 +502,10 @@ class Exchange {
       if (cancelled()) {
         // The interrupter sent the first request; a second one follows if
         // the statement outlives it (it may have reached the server first).
-        if (resend_at_ == absl::InfiniteFuture()) {
-          resend_at_ = now + kCancelResend;
-        } else if (now >= resend_at_) {
-          SendCancel();
-        }
+        // The first request goes now; another follows if the statement
+        // outlives it (a request that reaches the server before the
+        // statement starts is dropped there).
+        if (now >= resend_at_) SendCancel();
       }
       const int fd = PQsocket(conn);
       if (fd < 0) break;  // PQgetResult reports the lost connection
@@ -542,7 +543,7 @@ class Exchange {
  private:
   PgBackend* const backend_;
   CancelSignal* const cancel_;
-  absl::Time resend_at_ = absl::InfiniteFuture();
+  absl::Time resend_at_ = absl::InfinitePast();
 };
 
 // Runs a statement of the driver's own (ROLLBACK, a ping, a catalog lookup)
