@@ -493,6 +493,62 @@ TEST_P(NetworkDatabaseTest, AServerRestartUnderLoadRecoversWithoutLeaks) {
   EXPECT_GE(pool.opened_total(), 2);
 }
 
+TEST_P(NetworkDatabaseTest, PrePingAndRecycleShowInTheStats) {
+  // "load" pings a backend that sat idle before handing it out: one killed
+  // on the server is replaced without the caller seeing an error.
+  if (GetParam() == "mariadb") {
+    ASSERT_TRUE(
+        Connect("db").Execute("CREATE DATABASE IF NOT EXISTS cb_load").ok());
+  }
+  Connection load = Connect("load");
+  ASSERT_TRUE(load.Query("SELECT 1").ok());
+  ASSERT_EQ(PoolOf("load").idle(), 1);
+  Connection observer = Connect("observer");
+  if (GetParam() == "postgresql") {
+    ASSERT_TRUE(observer
+                    .Query("SELECT pg_terminate_backend(pid) FROM "
+                           "pg_stat_activity WHERE application_name = "
+                           "'cb_load'")
+                    .ok());
+  } else {
+    absl::StatusOr<Result> ids = observer.Query(
+        "SELECT id FROM information_schema.processlist WHERE db = 'cb_load'");
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    for (size_t i = 0; i < ids->num_rows(); ++i) {
+      ASSERT_TRUE(observer
+                      .Execute(absl::StrCat("KILL ",
+                                            std::get<int64_t>(ids->cell(i, 0))))
+                      .ok());
+    }
+  }
+  ASSERT_EQ(ObserveUntil(backend_.count_load_sessions_sql, 0, absl::Seconds(5)),
+            0);
+  // pre_ping_after is 1 s by default: wait out that much idleness, a
+  // property of the pool, not a race.
+  absl::SleepFor(absl::Milliseconds(1100));
+  absl::StatusOr<Result> after = load.Query("SELECT 2");
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->backend_executions(), 1);  // no retry was needed
+  EXPECT_EQ(PoolOf("load").pre_ping_failures(), 1);
+
+  // pool_recycle: a backend older than 1 s is closed instead of reused.
+  absl::StatusOr<Connection> recycled = client_->Connect(
+      {.name = "db", .kwargs = {{"create_engine_kwargs.pool_recycle", 1.0}}});
+  ASSERT_TRUE(recycled.ok()) << recycled.status();
+  ASSERT_TRUE(recycled->Query("SELECT 1").ok());
+  absl::SleepFor(absl::Milliseconds(1100));
+  ASSERT_TRUE(recycled->Query("SELECT 1").ok());
+  absl::StatusOr<v1::ListConnectionsResponse> list = client_->ListConnections();
+  ASSERT_TRUE(list.ok());
+  int64_t recycled_total = 0;
+  for (const v1::ConnectionInfo& info : list->connections()) {
+    if (info.handle() == recycled->handle()) {
+      recycled_total = info.pool().recycled();
+    }
+  }
+  EXPECT_EQ(recycled_total, 1);
+}
+
 TEST_P(NetworkDatabaseTest, ClientsCannotRedirectAConfiguredSection) {
   for (const char* key : {"host", "port", "database", "url", "username"}) {
     ProcessResult redirected =
