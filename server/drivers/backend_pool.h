@@ -58,8 +58,8 @@
 namespace connbroker::server {
 
 struct BackendPoolOptions {
-  std::string name;  // the connection's name, for messages
-  std::string role;  // "reader", "writer", "backend": for messages
+  std::string name{};  // the connection's name, for messages
+  std::string role{};  // "reader", "writer", "backend": for messages
   int pool_size = 1;
   int max_overflow = 0;
   int min_idle = 0;

@@ -1,13 +1,9 @@
-// Integration tests against real PostgreSQL and MariaDB servers (started by
-// tests/run.sh through tests/servers/db-servers.sh) behind a real
-// connbrokerd: typed queries, deadlines and dead clients reaching the
-// server, a server restart under load, pool limits, one busy connection not
-// stalling the others, and the redirect policy.
-//
-// What the server itself sees is read through the daemon too, on a section
-// of its own ("observer"): pg_stat_activity and MariaDB's processlist.
-// Waits for the server to reach a state poll it with a bound; no test sleeps
-// to make a race pass.
+// Integration tests against real PostgreSQL and MariaDB servers behind a
+// real connbrokerd (see network_database_fixture.h): typed queries,
+// deadlines and dead clients reaching the server, pool limits, one busy
+// connection not stalling the others, pre-ping and recycle, the redirect
+// policy. The server restart has a binary of its own (server_restart_test),
+// run alone: a restart would fail whatever else runs against that server.
 #include <signal.h>
 #include <unistd.h>
 
@@ -30,7 +26,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/integration/daemon_fixture.h"
-#include "tests/testing/db_servers.h"
+#include "tests/integration/network_database_fixture.h"
 
 namespace connbroker::testing {
 namespace {
@@ -38,217 +34,6 @@ namespace {
 using ::testing::AnyOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
-
-// One kind of server, and how to ask it about itself.
-struct Backend {
-  std::string label;  // "postgresql" / "mariadb": test names
-  std::string url;    // of the test database, password included
-  std::string password;
-  // A 30 s sleep, marked so that tests running at the same time (and
-  // leftovers of an earlier run) are told apart: "%s" is the mark.
-  std::string sleep_template;
-  // Counts statements running sleep_template with mark "%s" right now.
-  std::string count_sleeping_template;
-  // Cancels them (one row per statement).
-  std::string cancel_sleeping_template;
-  // Counts the server's sessions opened by the section "load".
-  std::string count_load_sessions_sql;
-  std::string restart_command;
-  // Appended to the "load" section's url: marks its sessions.
-  std::string load_marker;
-};
-
-std::optional<Backend> PostgresBackend() {
-  std::optional<PgServer> server = PgServerFromEnv();
-  if (!server) return std::nullopt;
-  Backend b;
-  b.label = "postgresql";
-  b.url = server->Url();
-  b.password = server->password;
-  b.sleep_template = "SELECT pg_sleep(30), '%s' AS mark";
-  b.count_sleeping_template =
-      "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
-      "query = 'SELECT pg_sleep(30), ''%s'' AS mark'";
-  b.cancel_sleeping_template =
-      "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query = "
-      "'SELECT pg_sleep(30), ''%s'' AS mark'";
-  b.count_load_sessions_sql =
-      "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-      "'cb_load'";
-  b.restart_command = absl::StrCat("bash ", CONNBROKER_SOURCE_DIR,
-                                   "/tests/servers/db-servers.sh restart-pg ",
-                                   std::getenv("CONNBROKER_TEST_SERVERS_DIR"));
-  b.load_marker = "?application_name=cb_load";
-  return b;
-}
-
-std::optional<Backend> MariadbBackend() {
-  std::optional<MysqlServer> server = MysqlServerFromEnv();
-  if (!server) return std::nullopt;
-  Backend b;
-  b.label = "mariadb";
-  b.url = server->Url();
-  b.password = server->password;
-  b.sleep_template = "SELECT SLEEP(30), '%s' AS mark";
-  b.count_sleeping_template =
-      "SELECT count(*) FROM information_schema.processlist WHERE "
-      "info = 'SELECT SLEEP(30), ''%s'' AS mark'";
-  // MariaDB has no pg_cancel_backend: the ids, for KILL QUERY.
-  b.cancel_sleeping_template =
-      "SELECT id FROM information_schema.processlist WHERE info = 'SELECT "
-      "SLEEP(30), ''%s'' AS mark'";
-  // MariaDB has no application name; the load section logs in to a
-  // database of its own.
-  b.count_load_sessions_sql =
-      "SELECT count(*) FROM information_schema.processlist WHERE db = "
-      "'cb_load'";
-  b.restart_command =
-      absl::StrCat("bash ", CONNBROKER_SOURCE_DIR,
-                   "/tests/servers/db-servers.sh restart-mysql ",
-                   std::getenv("CONNBROKER_TEST_SERVERS_DIR"));
-  return b;
-}
-
-class NetworkDatabaseTest : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override {
-    std::optional<Backend> backend =
-        GetParam() == "postgresql" ? PostgresBackend() : MariadbBackend();
-    ASSERT_TRUE(backend.has_value()) << kNoServersMessage;
-    backend_ = *backend;
-    std::string load_url = backend_.url;
-    if (GetParam() == "mariadb") {
-      // The load section's own database (see count_load_sessions_sql).
-      load_url = load_url.substr(0, load_url.rfind('/')) + "/cb_load";
-    } else {
-      load_url += backend_.load_marker;
-    }
-    secrets_ = data_.Write(
-        "secrets.toml",
-        absl::StrCat(
-            "[connections.db]\ntype = \"sql\"\nurl = \"", backend_.url,
-            "\"\n\n[connections.observer]\ntype = \"sql\"\nurl = \"",
-            backend_.url, "\"\ncreate_engine_kwargs = { pool_size = 1 }\n\n",
-            "[connections.small]\ntype = \"sql\"\nurl = \"", backend_.url,
-            "\"\ncreate_engine_kwargs = { pool_size = 1, max_overflow = 0, "
-            "pool_timeout = 60 }\n\n",
-            "[connections.load]\ntype = \"sql\"\nurl = \"", load_url,
-            "\"\ncreate_engine_kwargs = { pool_size = 2, max_overflow = 2, "
-            "pool_pre_ping = true }\n\n",
-            "[connections.app]\ntype = \"sql\"\nurl = \"sqlite:///",
-            data_.path(), "/app.db\"\n"));
-    mark_ = absl::StrCat(
-        ::testing::UnitTest::GetInstance()->current_test_info()->name(), "-",
-        ::getpid());
-    mark_ = absl::StrReplaceAll(mark_, {{"/", "_"}});
-    sleep_sql_ = absl::StrReplaceAll(backend_.sleep_template, {{"%s", mark_}});
-    count_sleeping_sql_ =
-        absl::StrReplaceAll(backend_.count_sleeping_template, {{"%s", mark_}});
-    daemon_ = Daemon::Start(
-        {.secrets_files = {secrets_}, .extra_args = {"--workers", "4"}});
-    ASSERT_NE(daemon_, nullptr);
-    client_ = NewClient();
-    ASSERT_NE(client_, nullptr);
-  }
-
-  void TearDown() override {
-    // Whatever a failed test left sleeping on the server ends now, and the
-    // threads waiting on it with it.
-    if (daemon_ != nullptr && client_ != nullptr) CancelSleepers();
-    for (std::thread& thread : threads_) thread.join();
-  }
-
-  // Runs the marked sleep on `connection` in a thread of its own; it ends
-  // with an error when CancelSleepers (or TearDown) cancels it.
-  void StartSleeper(Connection connection) {
-    threads_.emplace_back([this, connection] {
-      absl::StatusOr<Result> held =
-          connection.Query(sleep_sql_, {.deadline = absl::Seconds(40)});
-      EXPECT_FALSE(held.ok());
-    });
-  }
-
-  // Cancels every marked sleep on the server, from the server's side.
-  void CancelSleepers() {
-    Connection observer = Connect("observer");
-    absl::StatusOr<Result> rows = observer.Query(absl::StrReplaceAll(
-        backend_.cancel_sleeping_template, {{"%s", mark_}}));
-    ASSERT_TRUE(rows.ok()) << rows.status();
-    if (GetParam() == "mariadb") {
-      for (size_t i = 0; i < rows->num_rows(); ++i) {
-        EXPECT_TRUE(observer
-                        .Execute(absl::StrCat(
-                            "KILL QUERY ", std::get<int64_t>(rows->cell(i, 0))))
-                        .ok());
-      }
-    }
-  }
-
-  void JoinThreads() {
-    for (std::thread& thread : threads_) thread.join();
-    threads_.clear();
-  }
-
-  std::unique_ptr<Client> NewClient() {
-    absl::StatusOr<std::unique_ptr<Client>> client =
-        Client::Create({.target = daemon_->target()});
-    EXPECT_TRUE(client.ok()) << client.status();
-    return client.ok() ? *std::move(client) : nullptr;
-  }
-
-  Connection Connect(const std::string& name) {
-    absl::StatusOr<Connection> connection = client_->Connect({.name = name});
-    EXPECT_TRUE(connection.ok()) << name << ": " << connection.status();
-    return *connection;
-  }
-
-  // One integer from `sql` on the observer connection (-1 on failure).
-  int64_t Observe(const std::string& sql) {
-    absl::StatusOr<Result> result = Connect("observer").Query(sql);
-    EXPECT_TRUE(result.ok()) << result.status();
-    if (!result.ok() || result->num_rows() != 1) return -1;
-    Value cell = result->cell(0, 0);
-    if (const int64_t* n = std::get_if<int64_t>(&cell)) return *n;
-    return -1;
-  }
-
-  // Polls `sql` on the observer until it answers `want` or `bound` passes;
-  // returns the last answer.
-  int64_t ObserveUntil(const std::string& sql, int64_t want,
-                       absl::Duration bound) {
-    const absl::Time give_up = absl::Now() + bound;
-    int64_t seen = Observe(sql);
-    while (seen != want && absl::Now() < give_up) {
-      absl::SleepFor(absl::Milliseconds(20));
-      seen = Observe(sql);
-    }
-    return seen;
-  }
-
-  // The pool of the live connection named `name`.
-  v1::PoolStats PoolOf(const std::string& name) {
-    absl::StatusOr<v1::ListConnectionsResponse> list =
-        client_->ListConnections();
-    EXPECT_TRUE(list.ok()) << list.status();
-    if (list.ok()) {
-      for (const v1::ConnectionInfo& info : list->connections()) {
-        if (info.name() == name && info.live()) return info.pool();
-      }
-    }
-    ADD_FAILURE() << "no live connection " << name;
-    return {};
-  }
-
-  Backend backend_;
-  std::string mark_;
-  std::string sleep_sql_;
-  std::string count_sleeping_sql_;
-  std::vector<std::thread> threads_;
-  TempDir data_;
-  std::string secrets_;
-  std::unique_ptr<Daemon> daemon_;
-  std::unique_ptr<Client> client_;
-};
 
 TEST_P(NetworkDatabaseTest, TypedValuesAndParametersRoundTrip) {
   Connection db = Connect("db");
@@ -412,87 +197,6 @@ TEST_P(NetworkDatabaseTest, OneBusyConnectionDoesNotStallTheOthers) {
   EXPECT_EQ(PoolOf("small").waiting(), 0);
 }
 
-TEST_P(NetworkDatabaseTest, AServerRestartUnderLoadRecoversWithoutLeaks) {
-  if (GetParam() == "mariadb") {
-    Connection db = Connect("db");
-    ASSERT_TRUE(db.Execute("CREATE DATABASE IF NOT EXISTS cb_load").ok());
-  }
-  // Client processes and threads query "load" in a loop; the server
-  // restarts under them.
-  std::atomic<bool> restarted{false};
-  std::atomic<bool> stop{false};
-  absl::Mutex mu;
-  std::vector<std::string> unexpected;  // errors other than UNAVAILABLE
-  std::atomic<int> ok_after_restart{0};
-  std::atomic<int> failures{0};
-  std::vector<std::thread> threads;
-  for (int i = 0; i < 4; ++i) {
-    threads.emplace_back([&] {
-      std::unique_ptr<Client> client = NewClient();
-      absl::StatusOr<Connection> load = client->Connect({.name = "load"});
-      if (!load.ok()) return;
-      while (!stop.load()) {
-        absl::StatusOr<Result> r =
-            load->Query("SELECT 1", {.deadline = absl::Seconds(10)});
-        if (r.ok()) {
-          if (restarted.load()) ok_after_restart.fetch_add(1);
-          continue;
-        }
-        failures.fetch_add(1);
-        if (r.status().code() != absl::StatusCode::kUnavailable) {
-          absl::MutexLock lock(&mu);
-          unexpected.push_back(r.status().ToString());
-        }
-      }
-    });
-  }
-  // And separate client processes, each running queries until the end.
-  std::vector<std::unique_ptr<ChildProcess>> processes;
-  for (int i = 0; i < 2; ++i) {
-    processes.push_back(std::make_unique<ChildProcess>(
-        std::vector<std::string>{
-            "/bin/sh", "-c",
-            absl::StrCat("while [ ! -e ", data_.path(), "/stop ]; do ",
-                         CONNBROKER_CLI_PATH,
-                         " query load 'SELECT 1' --target ", daemon_->target(),
-                         " >/dev/null 2>>", data_.path(), "/cli-errors-", i,
-                         " || true; done")},
-        std::map<std::string, std::string>{}, data_.path(), ""));
-  }
-  EXPECT_EQ(std::system(backend_.restart_command.c_str()), 0);
-  restarted = true;
-  // Every thread recovers by itself: no daemon or client restart.
-  const absl::Time give_up = absl::Now() + absl::Seconds(30);
-  while (ok_after_restart.load() < 200 && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  stop = true;
-  for (std::thread& t : threads) t.join();
-  data_.Write("stop", "");
-  for (auto& process : processes) process->Wait();
-  EXPECT_GE(ok_after_restart.load(), 200);
-  {
-    absl::MutexLock lock(&mu);
-    EXPECT_THAT(unexpected, ::testing::IsEmpty());
-  }
-  // The client processes saw only UNAVAILABLE, if anything.
-  for (int i = 0; i < 2; ++i) {
-    std::string errors =
-        ReadFile(absl::StrCat(data_.path(), "/cli-errors-", i));
-    EXPECT_THAT(errors, Not(HasSubstr("INTERNAL")));
-    EXPECT_THAT(errors, Not(HasSubstr("INVALID_ARGUMENT")));
-  }
-  // No backend leaked: the server counts no more sessions of "load" than
-  // its pool may hold (pool_size 2 + max_overflow 2), and the daemon's
-  // pool agrees with the server.
-  const int64_t sessions = Observe(backend_.count_load_sessions_sql);
-  EXPECT_LE(sessions, 4);
-  v1::PoolStats pool = PoolOf("load");
-  EXPECT_EQ(pool.open(), sessions);
-  EXPECT_EQ(pool.in_use(), 0);
-  EXPECT_GE(pool.opened_total(), 2);
-}
-
 TEST_P(NetworkDatabaseTest, PrePingAndRecycleShowInTheStats) {
   // "load" pings a backend that sat idle before handing it out: one killed
   // on the server is replaced without the caller seeing an error.
@@ -588,9 +292,7 @@ TEST_P(NetworkDatabaseTest, ListingShowsThePoolAndMasksThePassword) {
 
 INSTANTIATE_TEST_SUITE_P(Servers, NetworkDatabaseTest,
                          ::testing::Values("postgresql", "mariadb"),
-                         [](const ::testing::TestParamInfo<std::string>& info) {
-                           return info.param;
-                         });
+                         ServerName);
 
 }  // namespace
 }  // namespace connbroker::testing

@@ -36,6 +36,7 @@ struct Backend {
 
 using Pool = BackendPool<Backend>;
 
+// `options` names no pool: MakePool does ("db", "backend").
 std::shared_ptr<Pool> MakePool(Counters* counters, BackendPoolOptions options) {
   options.name = "db";
   options.role = "backend";
