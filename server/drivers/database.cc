@@ -59,6 +59,22 @@ std::string SqlStateOf(const absl::Status& status) {
   return payload.has_value() ? std::string(*payload) : std::string();
 }
 
+void AddPoolCounters(const BackendPoolCounters& counters, PoolStats* stats) {
+  stats->set_open(stats->open() + counters.open);
+  stats->set_in_use(stats->in_use() + counters.in_use);
+  stats->set_idle(stats->idle() + counters.idle);
+  stats->set_waiting(stats->waiting() + counters.waiting);
+  stats->set_max_size(stats->max_size() + counters.max_size);
+  stats->set_opened_total(stats->opened_total() + counters.opened_total);
+  stats->set_acquire_timeouts(stats->acquire_timeouts() +
+                              counters.acquire_timeouts);
+  stats->set_recycled(stats->recycled() + counters.recycled);
+  stats->set_pre_ping_failures(stats->pre_ping_failures() +
+                               counters.pre_ping_failures);
+  stats->set_connect_failures(stats->connect_failures() +
+                              counters.connect_failures);
+}
+
 BackendPoolOptions PoolOptionsFor(const config::ConnectionSpec& spec,
                                   std::string role) {
   const config::PoolSettings& pool = spec.pool;

@@ -132,6 +132,10 @@ absl::StatusOr<ExecuteResult> ExecuteNow(Database& database,
 absl::Status WithSqlState(absl::Status status, absl::string_view sqlstate);
 std::string SqlStateOf(const absl::Status& status);
 
+// Adds a pool's counters to `stats` (a connection with several pools, as
+// SQLite's writer and readers, reports their sum).
+void AddPoolCounters(const BackendPoolCounters& counters, PoolStats* stats);
+
 // BackendPoolOptions for a pool of `role` from a connection's settings.
 BackendPoolOptions PoolOptionsFor(const config::ConnectionSpec& spec,
                                   std::string role);

@@ -1465,18 +1465,8 @@ class MysqlDatabase : public Database {
   }
 
   PoolStats Stats() const override {
-    const BackendPoolCounters counters = pool_->Stats();
     PoolStats stats;
-    stats.set_open(counters.open);
-    stats.set_in_use(counters.in_use);
-    stats.set_max_size(counters.max_size);
-    stats.set_opened_total(counters.opened_total);
-    stats.set_acquire_timeouts(counters.acquire_timeouts);
-    stats.set_idle(counters.idle);
-    stats.set_waiting(counters.waiting);
-    stats.set_recycled(counters.recycled);
-    stats.set_pre_ping_failures(counters.pre_ping_failures);
-    stats.set_connect_failures(counters.connect_failures);
+    AddPoolCounters(pool_->Stats(), &stats);
     return stats;
   }
 

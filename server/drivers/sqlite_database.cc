@@ -594,20 +594,9 @@ class SqliteDatabase : public Database {
   }
 
   v1::PoolStats Stats() const override {
-    BackendPoolCounters w = writer_->Stats();
-    BackendPoolCounters r;
-    if (readers_ != nullptr) r = readers_->Stats();
     v1::PoolStats stats;
-    stats.set_open(w.open + r.open);
-    stats.set_in_use(w.in_use + r.in_use);
-    stats.set_idle(w.idle + r.idle);
-    stats.set_waiting(w.waiting + r.waiting);
-    stats.set_max_size(w.max_size + r.max_size);
-    stats.set_opened_total(w.opened_total + r.opened_total);
-    stats.set_acquire_timeouts(w.acquire_timeouts + r.acquire_timeouts);
-    stats.set_recycled(w.recycled + r.recycled);
-    stats.set_pre_ping_failures(w.pre_ping_failures + r.pre_ping_failures);
-    stats.set_connect_failures(w.connect_failures + r.connect_failures);
+    AddPoolCounters(writer_->Stats(), &stats);
+    if (readers_ != nullptr) AddPoolCounters(readers_->Stats(), &stats);
     return stats;
   }
 
