@@ -3,7 +3,7 @@
 // Kept apart from database.h so OpenDatabase can dispatch on the dialect
 // without knowing libpq; see postgres_database.cc for the design (one pool of
 // PGconn, single-row mode streaming, PQcancel, named parameters rewritten to
-// $n and bound by the server).
+// $n and bound by the server, repeated statements prepared per backend).
 #ifndef CONNBROKER_SERVER_DRIVERS_POSTGRES_DATABASE_H_
 #define CONNBROKER_SERVER_DRIVERS_POSTGRES_DATABASE_H_
 

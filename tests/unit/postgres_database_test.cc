@@ -229,9 +229,37 @@ class PostgresDatabaseTest : public ::testing::Test {
     return value.ok() ? value->int64_value() : -1;
   }
 
+  // The texts of the statements `db`'s backend has prepared (one backend:
+  // pool_size 1). The probe's text changes each time, so it never becomes
+  // a prepared statement itself.
+  std::vector<std::string> Prepared(Database& db) {
+    absl::StatusOr<Result> result =
+        Run(db, absl::StrCat("SELECT statement FROM pg_prepared_statements "
+                             "ORDER BY statement /* probe ",
+                             ++probes_, " */"));
+    EXPECT_TRUE(result.ok()) << result.status();
+    std::vector<std::string> texts;
+    if (!result.ok()) return texts;
+    for (const v1::RowBatch& batch : result->batches) {
+      for (int row = 0; row < batch.row_count(); ++row) {
+        texts.push_back(Cell(batch, 0, row).text_value());
+      }
+    }
+    return texts;
+  }
+
+  // A database of one backend, whose prepared statements Prepared() sees.
+  std::unique_ptr<Database> OpenSingle() const {
+    config::ConnectionSpec spec = Spec();
+    spec.pool.pool_size = 1;
+    spec.pool.max_overflow = 0;
+    return Open(spec);
+  }
+
   testing::PgServer server_;
   std::string schema_;
   std::unique_ptr<Database> db_;
+  int probes_ = 0;
 };
 
 // ---------------------------------------------------------------------------
@@ -915,6 +943,285 @@ TEST_F(PostgresDatabaseTest, ResetAndMaintain) {
   EXPECT_EQ(Count(*db_, "SELECT 1::int8"), 1);
   db_->Maintain();
   EXPECT_EQ(db_->Stats().open(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Prepared statements
+
+constexpr char kPointLookup[] = "SELECT id, name, amount FROM t WHERE id = $1";
+
+// Creates t(id, name, amount) with rows 1..100: name "n<id>", amount id * 2.
+void CreatePointTable(Database& db) {
+  absl::StatusOr<ExecuteResult> created = ExecuteNow(
+      db,
+      "CREATE TABLE t(id int4 PRIMARY KEY, name text, amount int8); "
+      "INSERT INTO t SELECT g, 'n' || g, g * 2 FROM generate_series(1, 100) "
+      "g");
+  ASSERT_TRUE(created.ok()) << created.status();
+}
+
+// Runs kPointLookup for `id` and checks its one row.
+void ExpectPointRow(Database& db, int id) {
+  v1::Params params;
+  *params.add_positional() = Int(id);
+  absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
+      QueryNow(db, kPointLookup, params);
+  ASSERT_TRUE(cursor.ok()) << cursor.status();
+  v1::RowBatch batch;
+  absl::StatusOr<bool> more = (*cursor)->Next(100, 1 << 20, &batch);
+  ASSERT_TRUE(more.ok()) << more.status();
+  EXPECT_FALSE(*more);
+  ASSERT_EQ(batch.row_count(), 1);
+  EXPECT_EQ(Cell(batch, 0, 0).int64_value(), id);
+  EXPECT_EQ(Cell(batch, 1, 0).text_value(), absl::StrCat("n", id));
+  const v1::Value amount = Cell(batch, 2, 0);
+  // int8, or text after the column changed type.
+  if (amount.kind_case() == v1::Value::kTextValue) {
+    EXPECT_EQ(amount.text_value(), absl::StrCat(id * 2));
+  } else {
+    EXPECT_EQ(amount.int64_value(), id * 2);
+  }
+}
+
+TEST_F(PostgresDatabaseTest, RepeatedStatementsArePreparedOnTheirSecondRun) {
+  std::unique_ptr<Database> db = OpenSingle();
+  ASSERT_NE(db, nullptr);
+  CreatePointTable(*db);
+  ExpectPointRow(*db, 1);
+  EXPECT_THAT(Prepared(*db), ::testing::IsEmpty());  // one run: not yet
+  ExpectPointRow(*db, 2);
+  EXPECT_THAT(Prepared(*db), ElementsAre(kPointLookup));
+  for (int id = 3; id <= 12; ++id) ExpectPointRow(*db, id);
+  EXPECT_THAT(Prepared(*db), ElementsAre(kPointLookup));
+
+  // Named parameters: the rewritten text is what gets prepared.
+  v1::Params named;
+  (*named.mutable_named())["id"] = Int(7);
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<v1::Value> name =
+        Scalar(*db, "SELECT name FROM t WHERE id = :id", named);
+    ASSERT_TRUE(name.ok()) << name.status();
+    EXPECT_EQ(name->text_value(), "n7");
+  }
+  // Other parameter types make another statement: text is sent untyped.
+  v1::Params text;
+  *text.add_positional() = Text("8");
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<v1::Value> name =
+        Scalar(*db, "SELECT name FROM t WHERE id = $1", text);
+    ASSERT_TRUE(name.ok()) << name.status();
+    EXPECT_EQ(name->text_value(), "n8");
+  }
+  // Execute with parameters, too.
+  v1::Params update;
+  *update.add_positional() = Int(5);
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<ExecuteResult> updated = ExecuteNow(
+        *db, "UPDATE t SET amount = amount + 1 WHERE id <= $1", update);
+    ASSERT_TRUE(updated.ok()) << updated.status();
+    EXPECT_EQ(updated->rows_affected, 5);
+  }
+  EXPECT_EQ(Count(*db, "SELECT sum(amount)::int8 FROM t WHERE id <= 5"),
+            30 + 10);
+  EXPECT_THAT(Prepared(*db),
+              ElementsAre(kPointLookup, "SELECT name FROM t WHERE id = $1",
+                          "SELECT name FROM t WHERE id = $1",
+                          "UPDATE t SET amount = amount + 1 WHERE id <= $1"));
+
+  // Scripts and utility statements are never prepared.
+  for (int i = 0; i < 2; ++i) {
+    Exec(*db, "UPDATE t SET amount = amount WHERE id = 1; SELECT 1");
+    ASSERT_TRUE(Run(*db, "SET application_name = 'cbtest'").ok());
+  }
+  EXPECT_EQ(Prepared(*db).size(), 4);
+  EXPECT_EQ(db->Stats().opened_total(), 1);
+}
+
+TEST_F(PostgresDatabaseTest, DeallocatedStatementsArePreparedAgain) {
+  std::unique_ptr<Database> db = OpenSingle();
+  ASSERT_NE(db, nullptr);
+  CreatePointTable(*db);
+  v1::Params update;
+  *update.add_positional() = Int(3);
+  const std::string kUpdate = "UPDATE t SET name = name WHERE id <= $1";
+  auto expect_update = [&] {
+    absl::StatusOr<ExecuteResult> updated = ExecuteNow(*db, kUpdate, update);
+    ASSERT_TRUE(updated.ok()) << updated.status();
+    EXPECT_EQ(updated->rows_affected, 3);
+  };
+  auto prepare_both = [&] {
+    for (int id = 1; id <= 2; ++id) {
+      ExpectPointRow(*db, id);
+      expect_update();
+    }
+    EXPECT_EQ(Prepared(*db).size(), 2);
+  };
+
+  // A DEALLOCATE ALL the driver sees (its command tag).
+  prepare_both();
+  Exec(*db, "DEALLOCATE ALL");
+  EXPECT_THAT(Prepared(*db), ::testing::IsEmpty());
+  ExpectPointRow(*db, 3);
+  expect_update();
+  EXPECT_EQ(Prepared(*db).size(), 2);
+
+  // One it cannot see: the next runs fail with 26000 and are run again.
+  Exec(*db, "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$");
+  EXPECT_THAT(Prepared(*db), ::testing::IsEmpty());
+  ExpectPointRow(*db, 4);
+  expect_update();
+  EXPECT_EQ(Prepared(*db).size(), 2);
+
+  // DISCARD ALL, and a DEALLOCATE of the driver's own names.
+  Exec(*db, "DISCARD ALL");
+  ExpectPointRow(*db, 5);
+  expect_update();
+  absl::StatusOr<Result> names = Run(
+      *db, "SELECT name FROM pg_prepared_statements /* names */ ORDER BY 1");
+  ASSERT_TRUE(names.ok()) << names.status();
+  ASSERT_EQ(names->rows, 2);
+  for (int row = 0; row < 2; ++row) {
+    const std::string name = Cell(names->batches[0], 0, row).text_value();
+    EXPECT_THAT(name, ::testing::StartsWith("cb_"));
+    Exec(*db, "DEALLOCATE " + name);
+  }
+  ExpectPointRow(*db, 6);
+  expect_update();
+  EXPECT_EQ(Prepared(*db).size(), 2);
+  EXPECT_EQ(db->Stats().opened_total(), 1);
+}
+
+TEST_F(PostgresDatabaseTest, ChangedTablesArePreparedAgain) {
+  std::unique_ptr<Database> db = OpenSingle();
+  ASSERT_NE(db, nullptr);
+  CreatePointTable(*db);
+  v1::Params returning;
+  *returning.add_positional() = Int(9);
+  const std::string kReturning =
+      "UPDATE t SET name = name WHERE id = $1 RETURNING amount";
+  for (int id = 1; id <= 2; ++id) {
+    ExpectPointRow(*db, id);
+    absl::StatusOr<ExecuteResult> updated =
+        ExecuteNow(*db, kReturning, returning);
+    ASSERT_TRUE(updated.ok()) << updated.status();
+  }
+  ASSERT_EQ(Prepared(*db).size(), 2);
+
+  // Both statements' result types change: "cached plan must not change
+  // result type" (0A000) the first time, unseen by the client.
+  Exec(*db, "ALTER TABLE t ALTER COLUMN amount TYPE text");
+  absl::StatusOr<Result> result = Run(*db, kPointLookup, [] {
+    v1::Params params;
+    *params.add_positional() = Int(3);
+    return params;
+  }());
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->rows, 1);
+  EXPECT_EQ(result->schema.columns(2).database_type(), "text");
+  EXPECT_EQ(Cell(result->batches[0], 2, 0).text_value(), "6");
+  absl::StatusOr<ExecuteResult> updated =
+      ExecuteNow(*db, kReturning, returning);
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  EXPECT_EQ(updated->rows_affected, 1);
+  ExpectPointRow(*db, 4);
+  // The stale statements were deallocated.
+  EXPECT_EQ(Prepared(*db).size(), 2);
+
+  // A change that leaves the result type alone needs no new statement.
+  Exec(*db, "CREATE INDEX ON t(name)");
+  ExpectPointRow(*db, 5);
+  EXPECT_EQ(Prepared(*db).size(), 2);
+}
+
+TEST_F(PostgresDatabaseTest, PreparedStatementsAreBounded) {
+  std::unique_ptr<Database> db = OpenSingle();
+  ASSERT_NE(db, nullptr);
+  auto statement = [](int i) { return absl::StrCat("SELECT $1::int8 + ", i); };
+  v1::Params one;
+  *one.add_positional() = Int(1);
+  for (int i = 0; i < 70; ++i) {
+    for (int run = 0; run < 2; ++run) {
+      absl::StatusOr<v1::Value> sum = Scalar(*db, statement(i), one);
+      ASSERT_TRUE(sum.ok()) << sum.status();
+      EXPECT_EQ(sum->int64_value(), i + 1);
+    }
+  }
+  std::vector<std::string> prepared = Prepared(*db);
+  EXPECT_EQ(prepared.size(), 64);
+  // The least recently used went first.
+  EXPECT_THAT(prepared, ::testing::Contains(statement(69)));
+  EXPECT_THAT(prepared, ::testing::Contains(statement(6)));
+  EXPECT_THAT(prepared, Not(::testing::Contains(statement(5))));
+  // Using one keeps it over the others.
+  absl::StatusOr<v1::Value> sum = Scalar(*db, statement(6), one);
+  ASSERT_TRUE(sum.ok()) << sum.status();
+  sum = Scalar(*db, statement(0), one);
+  ASSERT_TRUE(sum.ok()) << sum.status();
+  EXPECT_EQ(sum->int64_value(), 1);
+  prepared = Prepared(*db);
+  EXPECT_EQ(prepared.size(), 64);
+  EXPECT_THAT(prepared, ::testing::Contains(statement(0)));
+  EXPECT_THAT(prepared, ::testing::Contains(statement(6)));
+  EXPECT_THAT(prepared, Not(::testing::Contains(statement(7))));
+}
+
+TEST_F(PostgresDatabaseTest, CancelStopsAWaitingPrepare) {
+  std::unique_ptr<Database> db = OpenSingle();
+  ASSERT_NE(db, nullptr);
+  CreatePointTable(*db);
+  const std::string marker = absl::StrCat("prepare_marker_", schema_);
+  const std::string sql =
+      absl::StrCat("SELECT count(*) FROM t WHERE id > $1 /* ", marker, " */");
+  v1::Params params;
+  *params.add_positional() = Int(90);
+  absl::StatusOr<v1::Value> count = Scalar(*db, sql, params);  // the first run
+  ASSERT_TRUE(count.ok()) << count.status();
+  EXPECT_EQ(count->int64_value(), 10);
+
+  // Another session locks the table: the PREPARE of the second run waits
+  // for the lock (parse analysis takes one).
+  std::thread locker([&] {
+    Exec(*db_,
+         "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); "
+         "COMMIT");
+  });
+  const std::string waiting = absl::StrCat(
+      "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+      "AND query LIKE '%",
+      marker, "%' AND pid <> pg_backend_pid()");
+  CancelSignal cancel;
+  std::thread canceller([&] {
+    const absl::Time give_up = absl::Now() + absl::Seconds(3);
+    while (absl::Now() < give_up && Count(*db_, waiting) < 1) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    cancel.Cancel();
+  });
+  // Let the lock be taken first.
+  const absl::Time lock_deadline = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < lock_deadline &&
+         Count(*db_,
+               "SELECT count(*) FROM pg_locks WHERE mode = "
+               "'AccessExclusiveLock' AND granted AND relation = '" +
+                   schema_ + ".t'::regclass") < 1) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
+      QueryNow(*db, sql, params, &cancel);
+  canceller.join();
+  EXPECT_EQ(cursor.status().code(), absl::StatusCode::kCancelled)
+      << cursor.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));  // before the lock goes
+  cursor = absl::CancelledError();
+  locker.join();
+
+  // The backend is fine, and the next run prepares the statement.
+  count = Scalar(*db, sql, params);
+  ASSERT_TRUE(count.ok()) << count.status();
+  EXPECT_EQ(count->int64_value(), 10);
+  EXPECT_THAT(Prepared(*db), ElementsAre(sql));
+  EXPECT_EQ(db->Stats().opened_total(), 1);
 }
 
 }  // namespace
