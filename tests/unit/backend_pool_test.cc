@@ -51,7 +51,7 @@ std::shared_ptr<Pool> MakePool(Counters* counters, BackendPoolOptions options) {
        nullptr, [counters](Backend&) { return !counters->fail_pings.load(); }});
 }
 
-TEST(BackendPoolTest, OverflowBackendsCloseAsTheyComeBack) {
+TEST(BackendPoolTest, OverflowBackendsCloseAfterIdling) {
   Counters counters;
   std::shared_ptr<Pool> pool =
       MakePool(&counters, {.pool_size = 2, .max_overflow = 2});
@@ -64,7 +64,12 @@ TEST(BackendPoolTest, OverflowBackendsCloseAsTheyComeBack) {
   EXPECT_EQ(pool->Stats().open, 4);
   EXPECT_EQ(pool->Stats().max_size, 4);
   leases.clear();
-  // pool_size stay idle; the two overflow backends closed.
+  // All four stay for the next burst...
+  EXPECT_EQ(pool->Stats().idle, 4);
+  EXPECT_EQ(pool->CloseIdle(absl::Now()), 0);
+  // ... until the overflow ones idled for overflow_idle_timeout (30 s):
+  // then pool_size stay.
+  EXPECT_EQ(pool->CloseIdle(absl::Now() + absl::Seconds(31)), 2);
   EXPECT_EQ(pool->Stats().open, 2);
   EXPECT_EQ(pool->Stats().idle, 2);
   EXPECT_EQ(counters.closed.load(), 2);
