@@ -1,10 +1,21 @@
-// connbroker_bench: measures a running connbrokerd against SQLite used
-// directly in-process, and prints one markdown table. tests/bench/run.sh
-// starts the daemon and runs this; see tests/bench/README.md for the rows.
+// connbroker_bench: measures a running connbrokerd against what an
+// application would use instead -- SQLite in-process, libpq straight to
+// PostgreSQL, libpq through PgBouncer, libmariadb straight to MariaDB -- and
+// prints one markdown table. tests/bench/run.sh starts the daemon and the
+// database servers and runs this; see tests/bench/README.md for the rows.
 //
 //   connbroker_bench --target unix:/tmp/x/b.sock --db /tmp/x/bench.db
 //                    [--connection bench] [--seconds 3] [--clients 8]
-//                    [--daemon-pid PID]   # to charge the daemon CPU per call
+//                    [--daemon-pid PID]   # CPU per call, RSS while streaming
+//                    [--only sqlite,pg,mariadb,stream,rss,neighbour]
+//
+// The network databases come from the environment tests/servers/
+// db-servers.sh writes to its env.sh (CONNBROKER_TEST_PG_{HOST,PORT,USER,
+// PASSWORD,DATABASE}, CONNBROKER_TEST_MYSQL_{...}), and PgBouncer's port from
+// CONNBROKER_BENCH_PGBOUNCER_PORT: no passwords on command lines, and the
+// worker processes inherit them. The daemon must know the connections "pg",
+// "pg_small" (pool_size 1) and "mariadb" pointing at the same servers.
+// Rows whose server is not given are left out.
 //
 // Why a hand-written harness and not Google Benchmark: the numbers that
 // matter come from several client *processes* (one gRPC channel each, as
@@ -16,6 +27,8 @@
 // (the parent sets up the data through its own Client) cannot safely fork
 // without exec.
 #include <fcntl.h>
+#include <libpq-fe.h>
+#include <mysql.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -25,6 +38,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -35,16 +49,21 @@
 #include <functional>
 #include <iterator>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <variant>
 #include <vector>
 
 #include "SQLiteCpp/SQLiteCpp.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "connbroker/client.h"
@@ -62,17 +81,45 @@ using Clock = std::chrono::steady_clock;
 // vanish and only per-row and per-batch costs remain.
 constexpr int64_t kItemRows = 100'000;
 constexpr int64_t kStreamRows = 1'000'000;
+// The memory check streams more rows than any buffer along the way could
+// hold unnoticed: 5M rows are ~250 MB of payload.
+constexpr int64_t kRssStreamRows = 5'000'000;
 // Bytes of one streamed row as the application sees it: int64 + double + a
 // 16-character text ('row-' and 12 digits, fixed width by construction).
 constexpr int64_t kStreamRowBytes = 8 + 8 + 16;
+// PostgreSQL and MariaDB add a timestamp, which both drivers deliver as its
+// 19-character text ("2024-01-01 00:00:01").
+constexpr int64_t kNetStreamRowBytes = kStreamRowBytes + 19;
 constexpr int64_t kCachedId = 4242;
 // Calls each worker makes before the clock starts: the first calls pay for
 // the channel's connection and the server's first statement preparation.
 constexpr int kWarmupCalls = 20;
+// The busy neighbour: this many callers of a 50 ms statement on a
+// connection with one backend, so 63 of them always wait in its queue.
+constexpr int kNeighbourCallers = 64;
 
 constexpr char kPointSql[] = "SELECT * FROM items WHERE id = ?";
 constexpr char kStreamSql[] = "SELECT a, b, c FROM big";
 constexpr char kInsertSql[] = "INSERT INTO log(v) VALUES (?)";
+constexpr char kPgPointSql[] =
+    "SELECT id, name, amount FROM items WHERE id = $1";
+constexpr char kMyPointSql[] =
+    "SELECT id, name, amount FROM items WHERE id = ?";
+constexpr char kNetStreamSql[] = "SELECT a, b, c, d FROM stream";
+// Rows made on the fly: no 5M-row table to create, and the server side
+// (a function scan spilled to a tuplestore) is not what is measured here.
+constexpr char kPgRssStreamSql[] =
+    "SELECT g AS a, g * 0.5 AS b, 'row-' || lpad(g::text, 12, '0') AS c, "
+    "timestamp '2024-01-01' + g * interval '1 second' AS d "
+    "FROM generate_series(1, 5000000) g";
+constexpr char kNeighbourSql[] = "SELECT pg_sleep(0.05)";
+
+// Connection names run.sh puts in the daemon's secrets.
+constexpr char kPgConnection[] = "pg";
+constexpr char kPgSmallConnection[] = "pg_small";
+// Same server, the broker's default pool (5 + 10 overflow).
+constexpr char kPgDefaultConnection[] = "pg_default";
+constexpr char kMariaConnection[] = "mariadb";
 
 struct Flags {
   std::string target;
@@ -82,6 +129,8 @@ struct Flags {
   int many_clients = 8;
   // The daemon's process id, to charge it CPU time per call; 0: unknown.
   int daemon_pid = 0;
+  // Groups of rows to run; empty: all.
+  std::set<std::string> only;
   // Worker processes only.
   std::string worker_mode;
   std::string out;
@@ -95,6 +144,12 @@ struct Flags {
 
 void Progress(const std::string& message) {
   std::fprintf(stderr, "connbroker_bench: %s\n", message.c_str());
+}
+
+const std::set<std::string>& Groups() {
+  static const auto* groups = new std::set<std::string>{
+      "sqlite", "pg", "mariadb", "stream", "rss", "neighbour"};
+  return *groups;
 }
 
 Flags ParseFlags(int argc, char** argv) {
@@ -117,6 +172,13 @@ Flags ParseFlags(int argc, char** argv) {
       flags.many_clients = std::atoi(next().c_str());
     } else if (arg == "--daemon-pid") {
       flags.daemon_pid = std::atoi(next().c_str());
+    } else if (arg == "--only") {
+      for (absl::string_view g : absl::StrSplit(next(), ',')) {
+        if (Groups().count(std::string(g)) == 0) {
+          Die(absl::StrCat("--only: unknown group '", g, "'"));
+        }
+        flags.only.insert(std::string(g));
+      }
     } else if (arg == "--worker") {
       flags.worker_mode = next();
     } else if (arg == "--out") {
@@ -126,7 +188,7 @@ Flags ParseFlags(int argc, char** argv) {
     } else {
       Die("unknown argument " + arg +
           " (usage: --target T --db FILE [--connection NAME] [--seconds N] "
-          "[--clients N] [--daemon-pid PID])");
+          "[--clients N] [--daemon-pid PID] [--only GROUP,...])");
     }
   }
   if (flags.target.empty()) Die("--target is required");
@@ -136,9 +198,205 @@ Flags ParseFlags(int argc, char** argv) {
   return flags;
 }
 
+bool Selected(const Flags& flags, const std::string& group) {
+  return flags.only.empty() || flags.only.count(group) > 0;
+}
+
 std::optional<int64_t> AsInt(const Value& value) {
   if (const int64_t* v = std::get_if<int64_t>(&value)) return *v;
   return std::nullopt;
+}
+
+// ---------------------------------------------------------------------------
+// Where the network databases are
+
+std::string Env(const char* name) {
+  const char* value = std::getenv(name);
+  return value == nullptr ? "" : value;
+}
+
+struct Servers {
+  std::string pg_host, pg_port, pg_user, pg_password, pg_database;
+  std::string bouncer_port;
+  std::string my_host, my_port, my_user, my_password, my_database;
+
+  bool has_pg() const { return !pg_host.empty() && !pg_port.empty(); }
+  bool has_bouncer() const { return has_pg() && !bouncer_port.empty(); }
+  bool has_mysql() const { return !my_host.empty() && !my_port.empty(); }
+};
+
+Servers ServersFromEnv() {
+  Servers s;
+  s.pg_host = Env("CONNBROKER_TEST_PG_HOST");
+  s.pg_port = Env("CONNBROKER_TEST_PG_PORT");
+  s.pg_user = Env("CONNBROKER_TEST_PG_USER");
+  s.pg_password = Env("CONNBROKER_TEST_PG_PASSWORD");
+  s.pg_database = Env("CONNBROKER_TEST_PG_DATABASE");
+  s.bouncer_port = Env("CONNBROKER_BENCH_PGBOUNCER_PORT");
+  s.my_host = Env("CONNBROKER_TEST_MYSQL_HOST");
+  s.my_port = Env("CONNBROKER_TEST_MYSQL_PORT");
+  s.my_user = Env("CONNBROKER_TEST_MYSQL_USER");
+  s.my_password = Env("CONNBROKER_TEST_MYSQL_PASSWORD");
+  s.my_database = Env("CONNBROKER_TEST_MYSQL_DATABASE");
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// libpq and libmariadb, used straight
+
+struct PgFinish {
+  void operator()(PGconn* c) const { PQfinish(c); }
+};
+struct PgClear {
+  void operator()(PGresult* r) const { PQclear(r); }
+};
+using PgConn = std::shared_ptr<PGconn>;
+using PgResult = std::unique_ptr<PGresult, PgClear>;
+
+// A kept libpq connection, straight to PostgreSQL or through PgBouncer.
+absl::StatusOr<PgConn> ConnectPg(const Servers& s, bool via_bouncer) {
+  const std::string& port = via_bouncer ? s.bouncer_port : s.pg_port;
+  const char* keys[] = {
+      "host", "port", "user", "dbname", "password", "connect_timeout", nullptr};
+  const char* values[] = {s.pg_host.c_str(),
+                          port.c_str(),
+                          s.pg_user.c_str(),
+                          s.pg_database.c_str(),
+                          s.pg_password.c_str(),
+                          "10",
+                          nullptr};
+  PgConn conn(PQconnectdbParams(keys, values, 0), PgFinish());
+  if (conn == nullptr || PQstatus(conn.get()) != CONNECTION_OK) {
+    return absl::UnavailableError(absl::StrCat(
+        via_bouncer ? "PgBouncer" : "PostgreSQL", " at ", s.pg_host, ":", port,
+        ": ", conn ? PQerrorMessage(conn.get()) : "out of memory"));
+  }
+  return conn;
+}
+
+absl::Status PgError(PGconn* conn, const std::string& what) {
+  return absl::InternalError(absl::StrCat(what, ": ", PQerrorMessage(conn)));
+}
+
+// Runs a statement for its effect; dies on error (set-up only).
+void PgExec(PGconn* conn, const std::string& sql) {
+  PgResult r(PQexec(conn, sql.c_str()));
+  const ExecStatusType status = PQresultStatus(r.get());
+  if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
+    Die(absl::StrCat("PostgreSQL set-up: ", sql, ": ", PQerrorMessage(conn)));
+  }
+}
+
+int64_t PgCount(PGconn* conn, const std::string& table) {
+  PgResult r(
+      PQexec(conn, absl::StrCat("SELECT count(*) FROM ", table).c_str()));
+  if (PQresultStatus(r.get()) != PGRES_TUPLES_OK || PQntuples(r.get()) != 1) {
+    Die(absl::StrCat("PostgreSQL count(", table, "): ", PQerrorMessage(conn)));
+  }
+  return std::atoll(PQgetvalue(r.get(), 0, 0));
+}
+
+// Connections PostgreSQL has seen opened to the database so far
+// (pg_stat_database.sessions), read on a connection kept for the purpose. A
+// new backend counts itself when it first goes idle, so a pool that opens
+// backends shows at once.
+std::function<int64_t()> PgSessionCounter(PgConn conn) {
+  return [conn]() -> int64_t {
+    PgResult r(PQexec(conn.get(),
+                      "SELECT sessions FROM pg_stat_database "
+                      "WHERE datname = current_database()"));
+    if (PQresultStatus(r.get()) != PGRES_TUPLES_OK || PQntuples(r.get()) != 1) {
+      return -1;
+    }
+    return std::atoll(PQgetvalue(r.get(), 0, 0));
+  };
+}
+
+struct MysqlClose {
+  void operator()(MYSQL* m) const { mysql_close(m); }
+};
+using MyConn = std::shared_ptr<MYSQL>;
+
+absl::StatusOr<MyConn> ConnectMysql(const Servers& s) {
+  MyConn conn(mysql_init(nullptr), MysqlClose());
+  if (conn == nullptr) return absl::ResourceExhaustedError("mysql_init");
+  unsigned int timeout = 10;
+  mysql_optionsv(conn.get(), MYSQL_OPT_CONNECT_TIMEOUT, &timeout);
+  if (mysql_real_connect(conn.get(), s.my_host.c_str(), s.my_user.c_str(),
+                         s.my_password.c_str(), s.my_database.c_str(),
+                         static_cast<unsigned>(std::atoi(s.my_port.c_str())),
+                         nullptr, 0) == nullptr) {
+    return absl::UnavailableError(absl::StrCat("MariaDB at ", s.my_host, ":",
+                                               s.my_port, ": ",
+                                               mysql_error(conn.get())));
+  }
+  return conn;
+}
+
+void MyExec(MYSQL* conn, const std::string& sql) {
+  if (mysql_real_query(conn, sql.data(), sql.size()) != 0) {
+    Die(absl::StrCat("MariaDB set-up: ", sql, ": ", mysql_error(conn)));
+  }
+  // A statement that returned rows must have them read before the next one.
+  if (MYSQL_RES* res = mysql_store_result(conn)) mysql_free_result(res);
+}
+
+int64_t MyCount(MYSQL* conn, const std::string& table) {
+  const std::string sql = absl::StrCat("SELECT count(*) FROM ", table);
+  if (mysql_real_query(conn, sql.data(), sql.size()) != 0) {
+    Die(absl::StrCat("MariaDB count(", table, "): ", mysql_error(conn)));
+  }
+  MYSQL_RES* res = mysql_store_result(conn);
+  MYSQL_ROW row = res != nullptr ? mysql_fetch_row(res) : nullptr;
+  if (row == nullptr || row[0] == nullptr) Die("MariaDB count(*): no row");
+  const int64_t n = std::atoll(row[0]);
+  mysql_free_result(res);
+  return n;
+}
+
+// Connections MariaDB has seen (the Connections status counter), read on a
+// connection kept for the purpose.
+std::function<int64_t()> MyConnectionCounter(MyConn conn) {
+  return [conn]() -> int64_t {
+    const std::string sql = "SHOW GLOBAL STATUS LIKE 'Connections'";
+    if (mysql_real_query(conn.get(), sql.data(), sql.size()) != 0) return -1;
+    MYSQL_RES* res = mysql_store_result(conn.get());
+    MYSQL_ROW row = res != nullptr ? mysql_fetch_row(res) : nullptr;
+    const int64_t n =
+        row != nullptr && row[1] != nullptr ? std::atoll(row[1]) : -1;
+    if (res != nullptr) mysql_free_result(res);
+    return n;
+  };
+}
+
+// A prepared statement with its connection; closed before the connection.
+struct MyStatement {
+  MyConn conn;
+  MYSQL_STMT* stmt = nullptr;
+
+  MyStatement() = default;
+  MyStatement(const MyStatement&) = delete;
+  MyStatement& operator=(const MyStatement&) = delete;
+  ~MyStatement() {
+    if (stmt != nullptr) mysql_stmt_close(stmt);
+  }
+};
+
+absl::StatusOr<std::shared_ptr<MyStatement>> PrepareMysql(MyConn conn,
+                                                          const char* sql) {
+  auto s = std::make_shared<MyStatement>();
+  s->conn = std::move(conn);
+  s->stmt = mysql_stmt_init(s->conn.get());
+  if (s->stmt == nullptr) return absl::ResourceExhaustedError("stmt_init");
+  if (mysql_stmt_prepare(s->stmt, sql, std::strlen(sql)) != 0) {
+    return absl::InternalError(
+        absl::StrCat("prepare ", sql, ": ", mysql_stmt_error(s->stmt)));
+  }
+  return s;
+}
+
+absl::Status MyStmtError(MYSQL_STMT* stmt, const std::string& what) {
+  return absl::InternalError(absl::StrCat(what, ": ", mysql_stmt_error(stmt)));
 }
 
 // ---------------------------------------------------------------------------
@@ -183,6 +441,18 @@ int64_t ProcessCpuNanos(int pid) {
   return (utime + stime) * (1'000'000'000 / ::sysconf(_SC_CLK_TCK));
 }
 
+// Resident set size of process `pid` in KiB (VmRSS), -1 when unknown.
+int64_t ProcessRssKib(int pid) {
+  if (pid <= 0) return -1;
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) {
+      return std::atoll(line.c_str() + std::strlen("VmRSS:"));
+    }
+  }
+  return -1;
+}
+
 // Merged over the workers of one scenario.
 struct Measurement {
   int clients = 0;
@@ -194,6 +464,8 @@ struct Measurement {
   double server_mean_us = 0;
   double client_cpu_us = 0;   // per call, all client processes
   double daemon_cpu_us = -1;  // per call; -1: unknown
+  // Backends the database saw opened during the timed run; -1: not counted.
+  int64_t backends_opened = -1;
 };
 
 Measurement Merge(std::vector<Samples>& all) {
@@ -232,6 +504,8 @@ struct Row {
   double p50_us = 0;
   double p99_us = 0;
   std::string notes;
+  // False: the scenario could not run; the notes say why.
+  bool measured = true;
 };
 
 std::string FormatRate(double v) {
@@ -246,6 +520,15 @@ Row MakeRow(std::string scenario, const Measurement& m, std::string notes) {
   return Row{
       std::move(scenario), m.clients, m.ops_per_second, m.p50_us, m.p99_us,
       std::move(notes)};
+}
+
+Row NotMeasured(std::string scenario, int clients, std::string why) {
+  Row row;
+  row.scenario = std::move(scenario);
+  row.clients = clients;
+  row.notes = "not measured: " + std::move(why);
+  row.measured = false;
+  return row;
 }
 
 std::string MachineLine(const Flags& flags) {
@@ -272,6 +555,11 @@ void PrintTable(const Flags& flags, const std::vector<Row>& rows) {
   std::printf("| scenario | clients | ops/s | p50 us | p99 us | notes |\n");
   std::printf("| --- | ---: | ---: | ---: | ---: | --- |\n");
   for (const Row& r : rows) {
+    if (!r.measured) {
+      std::printf("| %s | %d | - | - | - | %s |\n", r.scenario.c_str(),
+                  r.clients, r.notes.c_str());
+      continue;
+    }
     std::printf("| %s | %d | %s | %s | %s | %s |\n", r.scenario.c_str(),
                 r.clients, FormatRate(r.ops_per_second).c_str(),
                 FormatMicros(r.p50_us).c_str(), FormatMicros(r.p99_us).c_str(),
@@ -308,7 +596,25 @@ absl::Status CheckItemRow(const Result& r, int64_t id) {
                absl::StrCat("id ", id, ": the row has another id"));
 }
 
-Call MakeCall(const Flags& flags, Client& client, const Connection& conn) {
+// Modes that talk to a database straight, without the daemon.
+bool IsDirectMode(const std::string& mode) {
+  return absl::StartsWith(mode, "libpq_") ||
+         absl::StartsWith(mode, "bouncer_") ||
+         absl::StartsWith(mode, "libmariadb_");
+}
+
+// Ids to look up: seeded by worker index, so each process looks up its own
+// sequence, and the broker and the direct runs look up the same ones.
+std::function<int64_t()> IdSource(int index) {
+  auto rng = std::make_shared<std::mt19937_64>(index * 7919 + 1);
+  return [rng]() {
+    std::uniform_int_distribution<int64_t> ids(1, kItemRows);
+    return ids(*rng);
+  };
+}
+
+Call MakeBrokerCall(const Flags& flags, Client& client,
+                    const Connection& conn) {
   const std::string& mode = flags.worker_mode;
   if (mode == "select1") {
     return [conn](bool, Samples& s) -> absl::Status {
@@ -322,13 +628,14 @@ Call MakeCall(const Flags& flags, Client& client, const Connection& conn) {
       return CheckUncached(*r);
     };
   }
-  if (mode == "point") {
-    // Seeded by worker index: each process looks up its own id sequence.
-    auto rng = std::make_shared<std::mt19937_64>(flags.index * 7919 + 1);
-    return [conn, rng](bool, Samples& s) -> absl::Status {
-      std::uniform_int_distribution<int64_t> ids(1, kItemRows);
-      int64_t id = ids(*rng);
-      absl::StatusOr<Result> r = conn.Query(kPointSql, {.params = {id}});
+  if (mode == "point" || mode == "pg_point" || mode == "my_point") {
+    const std::string sql = mode == "point"      ? kPointSql
+                            : mode == "pg_point" ? kPgPointSql
+                                                 : kMyPointSql;
+    return [conn, sql, next_id = IdSource(flags.index)](
+               bool, Samples& s) -> absl::Status {
+      const int64_t id = next_id();
+      absl::StatusOr<Result> r = conn.Query(sql, {.params = {id}});
       if (!r.ok()) return r.status();
       s.server_micros += r->elapsed_micros();
       if (absl::Status st = CheckItemRow(*r, id); !st.ok()) return st;
@@ -369,6 +676,125 @@ Call MakeCall(const Flags& flags, Client& client, const Connection& conn) {
   Die("unknown worker mode " + mode);
 }
 
+// libpq: SELECT 1 or the point lookup, with PQexecParams (an unnamed
+// statement parsed on every call, parameters as text: what the broker's
+// driver sends, PQsendQueryParams) or, for "libpq_prepared_point", with
+// PQexecPrepared on a statement prepared once.
+absl::StatusOr<Call> MakePgCall(const std::string& mode, int index) {
+  const bool via_bouncer = absl::StartsWith(mode, "bouncer_");
+  absl::StatusOr<PgConn> conn = ConnectPg(ServersFromEnv(), via_bouncer);
+  if (!conn.ok()) return conn.status();
+  if (absl::EndsWith(mode, "_select1")) {
+    return [conn = *conn](bool, Samples&) -> absl::Status {
+      PgResult r(PQexecParams(conn.get(), "SELECT 1", 0, nullptr, nullptr,
+                              nullptr, nullptr, 0));
+      if (PQresultStatus(r.get()) != PGRES_TUPLES_OK) {
+        return PgError(conn.get(), "SELECT 1");
+      }
+      return Check(PQntuples(r.get()) == 1 && PQnfields(r.get()) == 1 &&
+                       std::strcmp(PQgetvalue(r.get(), 0, 0), "1") == 0,
+                   "SELECT 1 did not return 1");
+    };
+  }
+  const bool prepared = mode == "libpq_prepared_point";
+  if (prepared) {
+    PgResult r(PQprepare(conn->get(), "point", kPgPointSql, 1, nullptr));
+    if (PQresultStatus(r.get()) != PGRES_COMMAND_OK) {
+      return PgError(conn->get(), "PQprepare");
+    }
+  }
+  return [conn = *conn, prepared, next_id = IdSource(index)](
+             bool, Samples&) -> absl::Status {
+    const int64_t id = next_id();
+    const std::string text = absl::StrCat(id);
+    const char* values[1] = {text.c_str()};
+    PgResult r(prepared ? PQexecPrepared(conn.get(), "point", 1, values,
+                                         nullptr, nullptr, 0)
+                        : PQexecParams(conn.get(), kPgPointSql, 1, nullptr,
+                                       values, nullptr, nullptr, 0));
+    if (PQresultStatus(r.get()) != PGRES_TUPLES_OK) {
+      return PgError(conn.get(), "point lookup");
+    }
+    return Check(PQntuples(r.get()) == 1 && PQnfields(r.get()) == 3 &&
+                     std::atoll(PQgetvalue(r.get(), 0, 0)) == id,
+                 absl::StrCat("id ", id, ": no such row"));
+  };
+}
+
+// libmariadb: the binary protocol on a statement prepared once, results
+// bound once and read unbuffered -- what the broker's driver does.
+absl::StatusOr<Call> MakeMysqlCall(const std::string& mode, int index) {
+  absl::StatusOr<MyConn> conn = ConnectMysql(ServersFromEnv());
+  if (!conn.ok()) return conn.status();
+  const bool point = mode == "libmariadb_point";
+  absl::StatusOr<std::shared_ptr<MyStatement>> prepared =
+      PrepareMysql(*conn, point ? kMyPointSql : "SELECT 1");
+  if (!prepared.ok()) return prepared.status();
+
+  // Buffers the binds point at; they live as long as the call.
+  struct Buffers {
+    int64_t param = 0;
+    int64_t id = 0;
+    char name[64] = {};
+    char amount[64] = {};
+    unsigned long name_length = 0;
+    unsigned long amount_length = 0;
+    MYSQL_BIND params[1] = {};
+    MYSQL_BIND results[3] = {};
+  };
+  auto b = std::make_shared<Buffers>();
+  MYSQL_STMT* stmt = (*prepared)->stmt;
+  b->results[0].buffer_type = MYSQL_TYPE_LONGLONG;
+  b->results[0].buffer = &b->id;
+  if (point) {
+    b->params[0].buffer_type = MYSQL_TYPE_LONGLONG;
+    b->params[0].buffer = &b->param;
+    if (mysql_stmt_bind_param(stmt, b->params) != 0) {
+      return MyStmtError(stmt, "bind_param");
+    }
+    b->results[1].buffer_type = MYSQL_TYPE_STRING;
+    b->results[1].buffer = b->name;
+    b->results[1].buffer_length = sizeof(b->name);
+    b->results[1].length = &b->name_length;
+    b->results[2].buffer_type = MYSQL_TYPE_STRING;
+    b->results[2].buffer = b->amount;
+    b->results[2].buffer_length = sizeof(b->amount);
+    b->results[2].length = &b->amount_length;
+  }
+  if (mysql_stmt_bind_result(stmt, b->results) != 0) {
+    return MyStmtError(stmt, "bind_result");
+  }
+  return [s = *prepared, b, point, next_id = IdSource(index)](
+             bool, Samples&) -> absl::Status {
+    const int64_t want = point ? next_id() : 1;
+    b->param = want;
+    b->id = 0;
+    if (mysql_stmt_execute(s->stmt) != 0) {
+      return MyStmtError(s->stmt, "execute");
+    }
+    int rows = 0;
+    int rc;
+    while ((rc = mysql_stmt_fetch(s->stmt)) == 0) ++rows;
+    if (rc != MYSQL_NO_DATA) return MyStmtError(s->stmt, "fetch");
+    return Check(rows == 1 && b->id == want,
+                 absl::StrCat("expected one row with ", want, ", got ", rows,
+                              " rows, first value ", b->id));
+  };
+}
+
+absl::StatusOr<Call> MakeDirectCall(const Flags& flags) {
+  const std::string& mode = flags.worker_mode;
+  if (absl::StartsWith(mode, "libmariadb_")) {
+    return MakeMysqlCall(mode, flags.index);
+  }
+  if (mode == "libpq_select1" || mode == "libpq_point" ||
+      mode == "libpq_prepared_point" || mode == "bouncer_select1" ||
+      mode == "bouncer_point") {
+    return MakePgCall(mode, flags.index);
+  }
+  Die("unknown worker mode " + mode);
+}
+
 // Protocol with the parent: stdout is the "ready" pipe (one byte: 'R' ready,
 // 'E' failed), stdin the "go" pipe (the parent closes it, so every worker's
 // read returns at once). Samples go to --out as raw int64s.
@@ -379,16 +805,28 @@ int RunWorker(const Flags& flags) {
     (void)!::write(STDOUT_FILENO, "E", 1);
     return 1;
   };
-  absl::StatusOr<std::unique_ptr<Client>> client =
-      Client::Create({.target = flags.target});
-  if (!client.ok()) return fail(client.status());
-  if (absl::Status st = (*client)->WaitForReady(absl::Seconds(10)); !st.ok()) {
-    return fail(st);
+  // Kept for the whole run: the broker modes' calls use them.
+  std::unique_ptr<Client> client;
+  std::optional<Connection> conn;
+  Call call;
+  if (IsDirectMode(flags.worker_mode)) {
+    absl::StatusOr<Call> direct = MakeDirectCall(flags);
+    if (!direct.ok()) return fail(direct.status());
+    call = *std::move(direct);
+  } else {
+    absl::StatusOr<std::unique_ptr<Client>> created =
+        Client::Create({.target = flags.target});
+    if (!created.ok()) return fail(created.status());
+    client = *std::move(created);
+    if (absl::Status st = client->WaitForReady(absl::Seconds(10)); !st.ok()) {
+      return fail(st);
+    }
+    absl::StatusOr<Connection> joined =
+        client->Connect({.name = flags.connection});
+    if (!joined.ok()) return fail(joined.status());
+    conn = *std::move(joined);
+    call = MakeBrokerCall(flags, *client, *conn);
   }
-  absl::StatusOr<Connection> conn =
-      (*client)->Connect({.name = flags.connection});
-  if (!conn.ok()) return fail(conn.status());
-  Call call = MakeCall(flags, **client, *conn);
 
   Samples samples;
   for (int i = 0; i < kWarmupCalls; ++i) {
@@ -457,10 +895,16 @@ std::string SelfPath() {
   return self.string();
 }
 
-// Starts `clients` worker processes for `mode`, releases them together once
-// all have connected and warmed up, and merges what they measured.
-Measurement RunWorkers(const Flags& flags, const std::string& scratch_dir,
-                       const std::string& mode, int clients) {
+// Starts `clients` worker processes for `mode` (on the daemon's connection
+// `connection`, unless the mode goes straight to a database), releases them
+// together once all have connected and warmed up, and merges what they
+// measured. `connections_opened`, when given, reads the database's count of
+// connections opened so far: read at "go" and at the end, it tells whether
+// the broker kept its backends or opened new ones during the timed run.
+Measurement RunWorkers(
+    const Flags& flags, const std::string& scratch_dir, const std::string& mode,
+    int clients, const std::string& connection,
+    const std::function<int64_t()>& connections_opened = nullptr) {
   int ready[2], go[2];
   if (::pipe2(ready, O_CLOEXEC) != 0 || ::pipe2(go, O_CLOEXEC) != 0) {
     Die("pipe2 failed");
@@ -480,7 +924,7 @@ Measurement RunWorkers(const Flags& flags, const std::string& scratch_dir,
                                      "--target",
                                      flags.target,
                                      "--connection",
-                                     flags.connection,
+                                     connection,
                                      "--seconds",
                                      absl::StrCat(flags.seconds)};
     std::vector<char*> argv;
@@ -525,8 +969,12 @@ Measurement RunWorkers(const Flags& flags, const std::string& scratch_dir,
     if (n <= 0 || c != 'R') kill_all("a worker failed before the run");
     ++got;
   }
-  // The daemon is idle now: every worker waits for "go".
-  const int64_t daemon_cpu_start = ProcessCpuNanos(flags.daemon_pid);
+  // The daemon is idle now: every worker waits for "go". Direct modes do
+  // not use it, so it is charged nothing.
+  const bool direct = IsDirectMode(mode);
+  const int64_t daemon_cpu_start =
+      direct ? -1 : ProcessCpuNanos(flags.daemon_pid);
+  const int64_t opened_start = connections_opened ? connections_opened() : -1;
   ::close(go[1]);  // go: every worker's read() sees end of file at once
 
   std::vector<Samples> all;
@@ -541,8 +989,13 @@ Measurement RunWorkers(const Flags& flags, const std::string& scratch_dir,
     std::filesystem::remove(outs[i]);
   }
   ::close(ready[0]);
-  const int64_t daemon_cpu_end = ProcessCpuNanos(flags.daemon_pid);
+  const int64_t daemon_cpu_end =
+      direct ? -1 : ProcessCpuNanos(flags.daemon_pid);
+  const int64_t opened_end = connections_opened ? connections_opened() : -1;
   Measurement m = Merge(all);
+  if (opened_start >= 0 && opened_end >= 0) {
+    m.backends_opened = opened_end - opened_start;
+  }
   if (daemon_cpu_start >= 0 && daemon_cpu_end >= 0) {
     m.daemon_cpu_us = static_cast<double>(daemon_cpu_end - daemon_cpu_start) /
                       1e3 / static_cast<double>(m.ops);
@@ -602,6 +1055,70 @@ void SetUp(const Connection& conn) {
   }
 }
 
+// The PostgreSQL tables, made with libpq rather than through the daemon, so
+// the direct rows can be measured even when the broker's driver cannot run.
+// Refilled only when a count is off, so a second run on the same server
+// starts at once.
+void SetUpPostgres(const Servers& servers) {
+  absl::StatusOr<PgConn> conn = ConnectPg(servers, /*via_bouncer=*/false);
+  if (!conn.ok()) Die("PostgreSQL set-up: " + conn.status().ToString());
+  PGconn* c = conn->get();
+  PgExec(c,
+         "CREATE TABLE IF NOT EXISTS items (id bigint PRIMARY KEY, "
+         "name text NOT NULL, amount numeric(12,2) NOT NULL)");
+  PgExec(c,
+         "CREATE TABLE IF NOT EXISTS stream (a bigint NOT NULL, "
+         "b float8 NOT NULL, c text NOT NULL, d timestamp NOT NULL)");
+  if (PgCount(c, "items") != kItemRows) {
+    PgExec(c, "TRUNCATE items");
+    PgExec(c, absl::StrCat("INSERT INTO items SELECT g, 'item-' || "
+                           "lpad(g::text, 6, '0'), g * 0.25 "
+                           "FROM generate_series(1, ",
+                           kItemRows, ") g"));
+  }
+  if (PgCount(c, "stream") != kStreamRows) {
+    PgExec(c, "TRUNCATE stream");
+    PgExec(c,
+           absl::StrCat("INSERT INTO stream SELECT g, g * 0.5, 'row-' || "
+                        "lpad(g::text, 12, '0'), timestamp '2024-01-01' + g * "
+                        "interval '1 second' FROM generate_series(1, ",
+                        kStreamRows, ") g"));
+  }
+  // Sets the hint bits and the visibility map now, so no timed scan is the
+  // first to read (and write back) the freshly loaded pages.
+  PgExec(c, "VACUUM ANALYZE items");
+  PgExec(c, "VACUUM ANALYZE stream");
+}
+
+// The same tables on MariaDB, from the SEQUENCE engine's seq_1_to_N (built
+// into MariaDB; a recursive CTE of a million rows is much slower).
+void SetUpMysql(const Servers& servers) {
+  absl::StatusOr<MyConn> conn = ConnectMysql(servers);
+  if (!conn.ok()) Die("MariaDB set-up: " + conn.status().ToString());
+  MYSQL* c = conn->get();
+  MyExec(c,
+         "CREATE TABLE IF NOT EXISTS items (id BIGINT PRIMARY KEY, "
+         "name VARCHAR(32) NOT NULL, amount DECIMAL(12,2) NOT NULL)");
+  MyExec(c,
+         "CREATE TABLE IF NOT EXISTS stream (a BIGINT NOT NULL, "
+         "b DOUBLE NOT NULL, c VARCHAR(16) NOT NULL, d DATETIME NOT NULL)");
+  if (MyCount(c, "items") != kItemRows) {
+    MyExec(c, "TRUNCATE items");
+    MyExec(c, absl::StrCat("INSERT INTO items SELECT seq, CONCAT('item-', "
+                           "LPAD(seq, 6, '0')), seq * 0.25 FROM seq_1_to_",
+                           kItemRows));
+  }
+  if (MyCount(c, "stream") != kStreamRows) {
+    MyExec(c, "TRUNCATE stream");
+    MyExec(c, absl::StrCat("INSERT INTO stream SELECT seq, seq * 0.5, "
+                           "CONCAT('row-', LPAD(seq, 12, '0')), "
+                           "TIMESTAMP '2024-01-01 00:00:00' + INTERVAL seq "
+                           "SECOND FROM seq_1_to_",
+                           kStreamRows));
+  }
+  MyExec(c, "ANALYZE TABLE items, stream");
+}
+
 // The floor: a prepared SELECT 1 stepped in this process, no daemon.
 Measurement DirectSelectOne(const Flags& flags) {
   SQLite::Database db(flags.db, SQLite::OPEN_READONLY);
@@ -634,31 +1151,41 @@ Measurement DirectSelectOne(const Flags& flags) {
 }
 
 // Runs `one` (which returns the rows it read) at least twice and until
-// `seconds` have passed; each run is one sample.
-Measurement RepeatStream(const Flags& flags,
-                         const std::function<int64_t()>& one) {
+// `seconds` have passed; each run is one sample. Charges this process's CPU
+// (client_cpu_us) and the daemon's, when `daemon_pid` is given, per run.
+Measurement RepeatStream(const Flags& flags, int64_t want_rows,
+                         const std::function<int64_t()>& one,
+                         int daemon_pid = 0) {
   Samples s;
+  const int64_t self_cpu_start = SelfCpuNanos();
+  const int64_t daemon_cpu_start = ProcessCpuNanos(daemon_pid);
   const Clock::time_point start = Clock::now();
   Clock::time_point now = start;
   while (s.latencies_ns.size() < 2 ||
          (now - start) < std::chrono::duration<double>(flags.seconds)) {
-    if (int64_t rows = one(); rows != kStreamRows) {
-      Die(absl::StrCat("the stream returned ", rows, " rows, not ",
-                       kStreamRows));
+    if (int64_t rows = one(); rows != want_rows) {
+      Die(absl::StrCat("the stream returned ", rows, " rows, not ", want_rows));
     }
     const Clock::time_point after = Clock::now();
     s.latencies_ns.push_back((after - now).count());
     now = after;
   }
   s.elapsed_ns = (now - start).count();
+  s.cpu_ns = SelfCpuNanos() - self_cpu_start;
+  const int64_t daemon_cpu_end = ProcessCpuNanos(daemon_pid);
   std::vector<Samples> all = {std::move(s)};
-  return Merge(all);
+  Measurement m = Merge(all);
+  if (daemon_cpu_start >= 0 && daemon_cpu_end >= 0) {
+    m.daemon_cpu_us = static_cast<double>(daemon_cpu_end - daemon_cpu_start) /
+                      1e3 / static_cast<double>(m.ops);
+  }
+  return m;
 }
 
 // The same 1M-row query stepped in this process, every column read.
 Measurement DirectStream(const Flags& flags) {
   SQLite::Database db(flags.db, SQLite::OPEN_READONLY);
-  return RepeatStream(flags, [&]() -> int64_t {
+  return RepeatStream(flags, kStreamRows, [&]() -> int64_t {
     SQLite::Statement stmt(db, kStreamSql);
     int64_t rows = 0;
     size_t text_bytes = 0;
@@ -683,47 +1210,246 @@ Measurement BrokerStream(const Flags& flags, const Connection& conn,
                          int64_t* server_micros) {
   *server_micros = 0;
   int runs = 0;
-  Measurement m = RepeatStream(flags, [&]() -> int64_t {
-    int64_t next_id = 1;
-    absl::StatusOr<QuerySummary> summary = conn.QueryBatches(
-        kStreamSql, {.deadline = absl::Minutes(5)},
-        [&](const Result& batch) -> absl::Status {
-          if (batch.num_rows() == 0) return absl::OkStatus();
-          if (batch.num_columns() != 3) {
-            return absl::InternalError("the stream has not 3 columns");
-          }
-          const Value text = batch.cell(0, 2);
-          const std::string* s = std::get_if<std::string>(&text);
-          if (s == nullptr || s->size() != 16) {
-            return absl::InternalError("the stream's text is not 16 bytes");
-          }
-          for (size_t r = 0; r < batch.num_rows(); ++r) {
-            if (AsInt(batch.cell(r, 0)) != next_id++) {
-              return absl::InternalError("the stream's ids are out of order");
-            }
-          }
-          return absl::OkStatus();
-        });
-    if (!summary.ok()) Die("stream: " + summary.status().ToString());
-    if (summary->row_count != next_id - 1 || summary->from_cache) {
-      Die("stream: the summary disagrees with the rows received");
-    }
-    *server_micros += summary->elapsed_micros;
-    ++runs;
-    return summary->row_count;
-  });
+  Measurement m = RepeatStream(
+      flags, kStreamRows,
+      [&]() -> int64_t {
+        int64_t next_id = 1;
+        absl::StatusOr<QuerySummary> summary = conn.QueryBatches(
+            kStreamSql, {.deadline = absl::Minutes(5)},
+            [&](const Result& batch) -> absl::Status {
+              if (batch.num_rows() == 0) return absl::OkStatus();
+              if (batch.num_columns() != 3) {
+                return absl::InternalError("the stream has not 3 columns");
+              }
+              const Value text = batch.cell(0, 2);
+              const std::string* s = std::get_if<std::string>(&text);
+              if (s == nullptr || s->size() != 16) {
+                return absl::InternalError("the stream's text is not 16 bytes");
+              }
+              for (size_t r = 0; r < batch.num_rows(); ++r) {
+                if (AsInt(batch.cell(r, 0)) != next_id++) {
+                  return absl::InternalError(
+                      "the stream's ids are out of order");
+                }
+              }
+              return absl::OkStatus();
+            });
+        if (!summary.ok()) Die("stream: " + summary.status().ToString());
+        if (summary->row_count != next_id - 1 || summary->from_cache) {
+          Die("stream: the summary disagrees with the rows received");
+        }
+        *server_micros += summary->elapsed_micros;
+        ++runs;
+        return summary->row_count;
+      },
+      flags.daemon_pid);
   *server_micros /= std::max(runs, 1);
   return m;
 }
 
-std::string StreamNotes(const Measurement& m) {
+// Sum of 1..n: the stream check for servers that need not return rows in
+// insertion order (a PostgreSQL sequential scan may start mid-table when
+// another one is running).
+constexpr int64_t SumTo(int64_t n) { return n * (n + 1) / 2; }
+
+// A PostgreSQL or MariaDB stream (`sql`, a, b, c, d as in `stream`) through
+// the daemon. Checks the row count, the sum of the ids, and the two text
+// columns' widths on the first row of every batch.
+int64_t BrokerNetStreamOnce(const Connection& conn, const std::string& sql,
+                            int64_t want_rows, int64_t* server_micros) {
+  int64_t rows = 0, id_sum = 0;
+  absl::StatusOr<QuerySummary> summary = conn.QueryBatches(
+      sql, {.deadline = absl::Minutes(10)},
+      [&](const Result& batch) -> absl::Status {
+        if (batch.num_rows() == 0) return absl::OkStatus();
+        if (batch.num_columns() != 4) {
+          return absl::InternalError("the stream has not 4 columns");
+        }
+        const Value c = batch.cell(0, 2), d = batch.cell(0, 3);
+        const std::string* cs = std::get_if<std::string>(&c);
+        const std::string* ds = std::get_if<std::string>(&d);
+        if (cs == nullptr || cs->size() != 16 || ds == nullptr ||
+            ds->size() != 19) {
+          return absl::InternalError(
+              "the stream's text is not 16 bytes or its timestamp not the "
+              "19-character text");
+        }
+        for (size_t r = 0; r < batch.num_rows(); ++r) {
+          std::optional<int64_t> id = AsInt(batch.cell(r, 0));
+          if (!id) return absl::InternalError("the stream's id is no int");
+          id_sum += *id;
+        }
+        rows += static_cast<int64_t>(batch.num_rows());
+        return absl::OkStatus();
+      });
+  if (!summary.ok()) Die("stream: " + summary.status().ToString());
+  if (summary->row_count != rows || summary->from_cache ||
+      id_sum != SumTo(want_rows)) {
+    Die(absl::StrCat("stream: ", rows, " rows (summary ", summary->row_count,
+                     "), id sum ", id_sum, ", want ", SumTo(want_rows)));
+  }
+  *server_micros += summary->elapsed_micros;
+  return rows;
+}
+
+Measurement BrokerNetStream(const Flags& flags, const Connection& conn,
+                            int64_t* server_micros) {
+  *server_micros = 0;
+  int runs = 0;
+  Measurement m = RepeatStream(
+      flags, kStreamRows,
+      [&]() -> int64_t {
+        ++runs;
+        return BrokerNetStreamOnce(conn, kNetStreamSql, kStreamRows,
+                                   server_micros);
+      },
+      flags.daemon_pid);
+  *server_micros /= std::max(runs, 1);
+  return m;
+}
+
+// What an application does with a row of `stream` it reads as text: the
+// numbers parsed, the texts' lengths taken. `id_sum` checks the ids.
+struct RowCheck {
+  int64_t rows = 0, id_sum = 0, text_bytes = 0;
+  double b_sum = 0;
+
+  void Add(const char* a, const char* b, int64_t c_len, int64_t d_len) {
+    ++rows;
+    id_sum += std::strtoll(a, nullptr, 10);
+    b_sum += std::strtod(b, nullptr);
+    text_bytes += c_len + d_len;
+  }
+  int64_t Verify(const char* who) const {
+    if (id_sum != SumTo(rows) || text_bytes != rows * (16 + 19) || b_sum <= 0) {
+      Die(absl::StrCat(who, ": wrong ids, values or text widths"));
+    }
+    return rows;
+  }
+};
+
+// libpq straight, in single-row mode: the streaming a careful libpq
+// application does for a big result, and what the broker's driver does.
+Measurement LibpqSingleRowStream(const Flags& flags, PGconn* conn) {
+  return RepeatStream(flags, kStreamRows, [&]() -> int64_t {
+    if (PQsendQueryParams(conn, kNetStreamSql, 0, nullptr, nullptr, nullptr,
+                          nullptr, 0) == 0 ||
+        PQsetSingleRowMode(conn) == 0) {
+      Die(absl::StrCat("libpq stream: ", PQerrorMessage(conn)));
+    }
+    RowCheck check;
+    while (PGresult* raw = PQgetResult(conn)) {
+      PgResult r(raw);
+      const ExecStatusType status = PQresultStatus(r.get());
+      if (status == PGRES_SINGLE_TUPLE) {
+        check.Add(PQgetvalue(r.get(), 0, 0), PQgetvalue(r.get(), 0, 1),
+                  PQgetlength(r.get(), 0, 2), PQgetlength(r.get(), 0, 3));
+      } else if (status != PGRES_TUPLES_OK) {
+        Die(absl::StrCat("libpq stream: ", PQerrorMessage(conn)));
+      }
+    }
+    return check.Verify("libpq stream");
+  });
+}
+
+// libpq straight, the whole result in one PGresult: what most applications
+// do (PQexec, psycopg2's default cursor), memory growing with the result.
+Measurement LibpqWholeResult(const Flags& flags, PGconn* conn) {
+  return RepeatStream(flags, kStreamRows, [&]() -> int64_t {
+    PgResult r(PQexecParams(conn, kNetStreamSql, 0, nullptr, nullptr, nullptr,
+                            nullptr, 0));
+    if (PQresultStatus(r.get()) != PGRES_TUPLES_OK) {
+      Die(absl::StrCat("libpq whole result: ", PQerrorMessage(conn)));
+    }
+    RowCheck check;
+    const int n = PQntuples(r.get());
+    for (int i = 0; i < n; ++i) {
+      check.Add(PQgetvalue(r.get(), i, 0), PQgetvalue(r.get(), i, 1),
+                PQgetlength(r.get(), i, 2), PQgetlength(r.get(), i, 3));
+    }
+    return check.Verify("libpq whole result");
+  });
+}
+
+// libmariadb straight, text protocol, rows read off the socket as they come
+// (mysql_use_result; pymysql's SSCursor).
+Measurement MysqlUseResultStream(const Flags& flags, MYSQL* conn) {
+  return RepeatStream(flags, kStreamRows, [&]() -> int64_t {
+    if (mysql_real_query(conn, kNetStreamSql, std::strlen(kNetStreamSql))) {
+      Die(absl::StrCat("mysql_use_result stream: ", mysql_error(conn)));
+    }
+    MYSQL_RES* res = mysql_use_result(conn);
+    if (res == nullptr) Die("mysql_use_result: no result");
+    RowCheck check;
+    while (MYSQL_ROW row = mysql_fetch_row(res)) {
+      const unsigned long* lengths = mysql_fetch_lengths(res);
+      check.Add(row[0], row[1], static_cast<int64_t>(lengths[2]),
+                static_cast<int64_t>(lengths[3]));
+    }
+    if (mysql_errno(conn) != 0) {
+      Die(absl::StrCat("mysql_use_result stream: ", mysql_error(conn)));
+    }
+    mysql_free_result(res);
+    return check.Verify("mysql_use_result stream");
+  });
+}
+
+// libmariadb straight, binary protocol, a prepared statement read unbuffered
+// (no mysql_stmt_store_result): what the broker's driver does.
+Measurement MysqlStatementStream(const Flags& flags, const MyConn& conn) {
+  absl::StatusOr<std::shared_ptr<MyStatement>> s =
+      PrepareMysql(conn, kNetStreamSql);
+  if (!s.ok()) Die(s.status().ToString());
+  MYSQL_STMT* stmt = (*s)->stmt;
+  int64_t a = 0;
+  double b = 0;
+  char c[32];
+  unsigned long c_length = 0;
+  MYSQL_TIME d = {};
+  MYSQL_BIND results[4] = {};
+  results[0].buffer_type = MYSQL_TYPE_LONGLONG;
+  results[0].buffer = &a;
+  results[1].buffer_type = MYSQL_TYPE_DOUBLE;
+  results[1].buffer = &b;
+  results[2].buffer_type = MYSQL_TYPE_STRING;
+  results[2].buffer = c;
+  results[2].buffer_length = sizeof(c);
+  results[2].length = &c_length;
+  results[3].buffer_type = MYSQL_TYPE_DATETIME;
+  results[3].buffer = &d;
+  if (mysql_stmt_bind_result(stmt, results) != 0) {
+    Die(MyStmtError(stmt, "bind_result").ToString());
+  }
+  return RepeatStream(flags, kStreamRows, [&]() -> int64_t {
+    if (mysql_stmt_execute(stmt) != 0) {
+      Die(MyStmtError(stmt, "stream execute").ToString());
+    }
+    int64_t rows = 0, id_sum = 0, text_bytes = 0;
+    double b_sum = 0;
+    int rc;
+    while ((rc = mysql_stmt_fetch(stmt)) == 0) {
+      ++rows;
+      id_sum += a;
+      b_sum += b;
+      text_bytes += static_cast<int64_t>(c_length);
+      if (d.year != 2024) Die("mysql_stmt stream: wrong timestamp");
+    }
+    if (rc != MYSQL_NO_DATA) Die(MyStmtError(stmt, "stream fetch").ToString());
+    if (id_sum != SumTo(rows) || text_bytes != rows * 16 || b_sum <= 0) {
+      Die("mysql_stmt stream: wrong ids, values or text widths");
+    }
+    return rows;
+  });
+}
+
+std::string StreamNotes(const Measurement& m,
+                        int64_t row_bytes = kStreamRowBytes) {
   const double seconds_per_query = 1.0 / m.ops_per_second;
   const double rows_per_second =
       static_cast<double>(kStreamRows) / seconds_per_query;
   return absl::StrFormat("%.2fM rows/s, %.0f MB/s payload (%d B/row), %d runs",
                          rows_per_second / 1e6,
-                         rows_per_second * kStreamRowBytes / 1e6,
-                         kStreamRowBytes, m.ops);
+                         rows_per_second * row_bytes / 1e6, row_bytes, m.ops);
 }
 
 std::string Scaling(const Measurement& many, const Measurement& one) {
@@ -741,8 +1467,449 @@ std::string CpuNote(const Measurement& m) {
 }
 
 std::string ServerNote(const Measurement& m) {
-  return absl::StrFormat("server-side %.0f us; %s", m.server_mean_us,
-                         CpuNote(m));
+  std::string note =
+      absl::StrFormat("server-side %.0f us; %s", m.server_mean_us, CpuNote(m));
+  if (m.backends_opened >= 0) {
+    absl::StrAppend(&note,
+                    "; backends opened in the timed run: ", m.backends_opened);
+  }
+  return note;
+}
+
+// "0.62x libpq": the broker's rate over an alternative's.
+std::string Ratio(const Measurement& broker, const Measurement& other,
+                  const std::string& name) {
+  return absl::StrFormat("%.2fx %s",
+                         broker.ops_per_second / other.ops_per_second, name);
+}
+
+std::string StreamCpuNote(const Measurement& m) {
+  if (m.daemon_cpu_us < 0) {
+    return absl::StrFormat("CPU/query: client %.2f s", m.client_cpu_us / 1e6);
+  }
+  return absl::StrFormat("CPU/query: daemon %.2f s, client %.2f s",
+                         m.daemon_cpu_us / 1e6, m.client_cpu_us / 1e6);
+}
+
+// A connection of the daemon, or why it could not be had.
+absl::StatusOr<Connection> Join(const Client& client, const std::string& name) {
+  absl::StatusOr<Connection> conn = client.Connect({.name = name});
+  if (!conn.ok()) return conn.status();
+  // A driver that cannot run fails here rather than in every worker.
+  absl::StatusOr<Result> r = conn->Query("SELECT 1");
+  if (!r.ok()) return r.status();
+  if (r->num_rows() != 1 || AsInt(r->cell(0, 0)) != 1) {
+    return absl::InternalError("SELECT 1 did not return 1");
+  }
+  return conn;
+}
+
+// Keeps a status short enough for a table cell.
+std::string Short(const absl::Status& status) {
+  std::string s = status.ToString();
+  if (s.size() > 160) s = s.substr(0, 157) + "...";
+  for (char& ch : s) {
+    if (ch == '|' || ch == '\n') ch = ' ';
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// Scenario groups
+
+struct Context {
+  const Flags& flags;
+  const Servers& servers;
+  const Client& client;
+  std::string scratch;
+  std::vector<Row>& rows;
+
+  Measurement Workers(
+      const std::string& mode, int clients, const std::string& connection,
+      const std::function<int64_t()>& connections_opened = nullptr) const {
+    Progress(absl::StrCat(mode, " on ", connection, " x", clients));
+    return RunWorkers(flags, scratch, mode, clients, connection,
+                      connections_opened);
+  }
+  Measurement Direct(const std::string& mode, int clients) const {
+    Progress(absl::StrCat(mode, " x", clients));
+    return RunWorkers(flags, scratch, mode, clients, "");
+  }
+};
+
+void SqliteRows(const Context& ctx, const Connection& conn) {
+  const Flags& flags = ctx.flags;
+  const int n = flags.many_clients;
+  std::vector<Row>& rows = ctx.rows;
+  const std::string& bench = flags.connection;
+
+  Progress("direct SELECT 1");
+  Measurement direct = DirectSelectOne(flags);
+  rows.push_back(MakeRow("1. direct SQLite `SELECT 1` (floor)", direct,
+                         "in-process prepared statement, no daemon"));
+
+  Measurement s1 = ctx.Workers("select1", 1, bench);
+  Measurement sn = ctx.Workers("select1", n, bench);
+  rows.push_back(MakeRow("2. broker `SELECT 1`, uncached", s1, ServerNote(s1)));
+  rows.push_back(MakeRow("2. broker `SELECT 1`, uncached", sn,
+                         absl::StrCat(ServerNote(sn), "; ", Scaling(sn, s1))));
+
+  Measurement p1 = ctx.Workers("point", 1, bench);
+  Measurement pn = ctx.Workers("point", n, bench);
+  rows.push_back(MakeRow("3. broker point lookup, uncached", p1,
+                         absl::StrCat(ServerNote(p1), "; random id of 100k")));
+  rows.push_back(MakeRow("3. broker point lookup, uncached", pn,
+                         absl::StrCat(ServerNote(pn), "; ", Scaling(pn, p1))));
+
+  Measurement c1 = ctx.Workers("cached", 1, bench);
+  Measurement cn = ctx.Workers("cached", n, bench);
+  rows.push_back(MakeRow("4. broker point lookup, cached (ttl 600 s)", c1,
+                         absl::StrCat(ServerNote(c1), "; every call a hit")));
+  rows.push_back(MakeRow("4. broker point lookup, cached (ttl 600 s)", cn,
+                         absl::StrCat(ServerNote(cn), "; ", Scaling(cn, c1))));
+
+  Measurement k1 = ctx.Workers("connect", 1, bench);
+  rows.push_back(MakeRow("5. Connect (join existing)", k1,
+                         absl::StrCat(CpuNote(k1), "; joined, same handle")));
+
+  Progress("stream through the daemon");
+  int64_t server_micros = 0;
+  Measurement bs = BrokerStream(flags, conn, &server_micros);
+  Progress("stream in-process");
+  Measurement ds = DirectStream(flags);
+  rows.push_back(MakeRow(
+      "6. broker stream 1M rows x 3 cols (QueryBatches)", bs,
+      absl::StrFormat(
+          "%s; %.0f%% of direct; server-side %.2f s, %s", StreamNotes(bs),
+          100 * bs.ops_per_second / ds.ops_per_second,
+          static_cast<double>(server_micros) / 1e6, StreamCpuNote(bs))));
+  rows.push_back(MakeRow("6. direct SQLite, same 1M-row query", ds,
+                         StreamNotes(ds) + "; in-process"));
+
+  absl::StatusOr<int64_t> before = CountRows(conn, "log");
+  if (!before.ok()) Die("count log: " + before.status().ToString());
+  Measurement w1 = ctx.Workers("insert", 1, bench);
+  Measurement wn = ctx.Workers("insert", n, bench);
+  absl::StatusOr<int64_t> after = CountRows(conn, "log");
+  if (!after.ok()) Die("count log: " + after.status().ToString());
+  if (*after - *before != w1.total_calls + wn.total_calls) {
+    Die(absl::StrCat("log gained ", *after - *before, " rows but ",
+                     w1.total_calls + wn.total_calls,
+                     " inserts were acknowledged"));
+  }
+  rows.push_back(
+      MakeRow("7. broker Execute single-row INSERT", w1,
+              absl::StrCat(CpuNote(w1), "; rows checked by count(*)")));
+  rows.push_back(MakeRow(
+      "7. broker Execute single-row INSERT", wn,
+      absl::StrCat(CpuNote(wn), "; ", Scaling(wn, w1), ": one writer")));
+}
+
+// PostgreSQL small calls: the broker on a kept handle against libpq on a
+// kept connection, straight and through PgBouncer, 1 and N processes each.
+void PostgresRows(const Context& ctx, const absl::StatusOr<Connection>& pg) {
+  const int n = ctx.flags.many_clients;
+  absl::StatusOr<PgConn> stats = ConnectPg(ctx.servers, /*via_bouncer=*/false);
+  if (!stats.ok()) Die(stats.status().ToString());
+  const std::function<int64_t()> sessions = PgSessionCounter(*stats);
+  for (const bool point : {false, true}) {
+    const std::string title =
+        point ? "PostgreSQL point lookup" : "PostgreSQL `SELECT 1`";
+    const std::string number = point ? "9. " : "8. ";
+    for (const int clients : {1, n}) {
+      std::optional<Measurement> broker;
+      if (pg.ok()) {
+        broker = ctx.Workers(point ? "pg_point" : "select1", clients,
+                             kPgConnection, sessions);
+      }
+      const Measurement libpq =
+          ctx.Direct(point ? "libpq_point" : "libpq_select1", clients);
+      std::optional<Measurement> prepared;
+      if (point) prepared = ctx.Direct("libpq_prepared_point", clients);
+      std::optional<Measurement> bouncer;
+      if (ctx.servers.has_bouncer()) {
+        bouncer =
+            ctx.Direct(point ? "bouncer_point" : "bouncer_select1", clients);
+      }
+      if (broker) {
+        std::string notes = absl::StrCat(
+            Ratio(*broker, libpq, "libpq"),
+            bouncer ? ", " + Ratio(*broker, *bouncer, "PgBouncer") : "",
+            prepared ? ", " + Ratio(*broker, *prepared, "libpq prepared") : "",
+            "; ", ServerNote(*broker));
+        ctx.rows.push_back(
+            MakeRow(number + "broker " + title, *broker, std::move(notes)));
+      } else {
+        ctx.rows.push_back(NotMeasured(number + "broker " + title, clients,
+                                       Short(pg.status())));
+      }
+      ctx.rows.push_back(MakeRow(
+          number + "libpq straight, " + title, libpq,
+          absl::StrFormat("PQexecParams, kept connection; client CPU/call "
+                          "%.0f us",
+                          libpq.client_cpu_us)));
+      if (prepared) {
+        ctx.rows.push_back(MakeRow(
+            number + "libpq straight, prepared, " + title, *prepared,
+            absl::StrFormat("PQprepare once, PQexecPrepared; client CPU/call "
+                            "%.0f us",
+                            prepared->client_cpu_us)));
+      }
+      if (bouncer) {
+        ctx.rows.push_back(MakeRow(
+            number + "PgBouncer (transaction pooling), " + title, *bouncer,
+            absl::StrFormat("libpq PQexecParams, kept connection; client "
+                            "CPU/call %.0f us",
+                            bouncer->client_cpu_us)));
+      }
+      // What the default pool does with more concurrent callers than its
+      // pool_size: backends beyond it are closed as they come back while
+      // pool_size others are idle, and opened again on the next burst.
+      if (!point && clients == n && clients > 5) {
+        const std::string scenario =
+            number + "broker " + title + ", default pool (5 + 10 overflow)";
+        absl::StatusOr<Connection> dflt =
+            pg.ok() ? Join(ctx.client, kPgDefaultConnection) : pg;
+        if (dflt.ok() && broker) {
+          const Measurement d =
+              ctx.Workers("select1", clients, kPgDefaultConnection, sessions);
+          ctx.rows.push_back(MakeRow(
+              scenario, d,
+              absl::StrCat(Ratio(d, *broker, "the pool of 10"), ", ",
+                           Ratio(d, libpq, "libpq"), "; ", ServerNote(d))));
+        } else {
+          ctx.rows.push_back(
+              NotMeasured(scenario, clients, Short(dflt.status())));
+        }
+      }
+    }
+  }
+}
+
+// MariaDB small calls: the broker against libmariadb's prepared statements.
+void MariaRows(const Context& ctx, const absl::StatusOr<Connection>& maria) {
+  const int n = ctx.flags.many_clients;
+  absl::StatusOr<MyConn> stats = ConnectMysql(ctx.servers);
+  if (!stats.ok()) Die(stats.status().ToString());
+  const std::function<int64_t()> connections = MyConnectionCounter(*stats);
+  for (const bool point : {false, true}) {
+    const std::string title =
+        point ? "MariaDB point lookup" : "MariaDB `SELECT 1`";
+    const std::string number = point ? "11. " : "10. ";
+    for (const int clients : {1, n}) {
+      std::optional<Measurement> broker;
+      if (maria.ok()) {
+        broker = ctx.Workers(point ? "my_point" : "select1", clients,
+                             kMariaConnection, connections);
+      }
+      const Measurement direct = ctx.Direct(
+          point ? "libmariadb_point" : "libmariadb_select1", clients);
+      if (broker) {
+        ctx.rows.push_back(
+            MakeRow(number + "broker " + title, *broker,
+                    absl::StrCat(Ratio(*broker, direct, "libmariadb"), "; ",
+                                 ServerNote(*broker))));
+      } else {
+        ctx.rows.push_back(NotMeasured(number + "broker " + title, clients,
+                                       Short(maria.status())));
+      }
+      ctx.rows.push_back(MakeRow(
+          number + "libmariadb straight, " + title, direct,
+          absl::StrFormat("mysql_stmt_execute on a statement prepared once; "
+                          "client CPU/call %.0f us",
+                          direct.client_cpu_us)));
+    }
+  }
+}
+
+// 1M rows x 4 columns through the broker against reading them straight.
+void NetStreamRows(const Context& ctx, const absl::StatusOr<Connection>& pg,
+                   const absl::StatusOr<Connection>& maria) {
+  const Flags& flags = ctx.flags;
+  auto broker_row =
+      [&](const std::string& scenario, const absl::StatusOr<Connection>& conn,
+          const std::vector<std::pair<std::string, Measurement>>& others) {
+        if (!conn.ok()) {
+          ctx.rows.push_back(NotMeasured(scenario, 1, Short(conn.status())));
+          return;
+        }
+        Progress(scenario);
+        int64_t server_micros = 0;
+        Measurement m = BrokerNetStream(flags, *conn, &server_micros);
+        std::string ratios;
+        for (const auto& [name, other] : others) {
+          absl::StrAppend(&ratios, ratios.empty() ? "" : ", ",
+                          Ratio(m, other, name));
+        }
+        ctx.rows.push_back(
+            MakeRow(scenario, m,
+                    absl::StrFormat("%s; %s; server-side %.2f s, %s", ratios,
+                                    StreamNotes(m, kNetStreamRowBytes),
+                                    static_cast<double>(server_micros) / 1e6,
+                                    StreamCpuNote(m))));
+      };
+  auto direct_row = [&](const std::string& scenario, const Measurement& m,
+                        const std::string& how) {
+    ctx.rows.push_back(
+        MakeRow(scenario, m,
+                absl::StrCat(StreamNotes(m, kNetStreamRowBytes), "; ", how,
+                             "; ", StreamCpuNote(m))));
+  };
+
+  if (ctx.servers.has_pg()) {
+    absl::StatusOr<PgConn> conn = ConnectPg(ctx.servers, /*via_bouncer=*/false);
+    if (!conn.ok()) Die(conn.status().ToString());
+    Progress("PostgreSQL stream: libpq single-row mode");
+    Measurement single = LibpqSingleRowStream(flags, conn->get());
+    Progress("PostgreSQL stream: libpq whole result");
+    Measurement whole = LibpqWholeResult(flags, conn->get());
+    broker_row("12. broker PostgreSQL stream 1M rows x 4 cols", pg,
+               {{"libpq single-row", single}, {"libpq whole result", whole}});
+    direct_row("12. libpq straight, single-row mode, same query", single,
+               "PQsetSingleRowMode, values parsed from text");
+    direct_row("12. libpq straight, whole result (PQexecParams)", whole,
+               "all rows in one PGresult, values parsed from text");
+  }
+  if (ctx.servers.has_mysql()) {
+    absl::StatusOr<MyConn> conn = ConnectMysql(ctx.servers);
+    if (!conn.ok()) Die(conn.status().ToString());
+    Progress("MariaDB stream: mysql_use_result");
+    Measurement text = MysqlUseResultStream(flags, conn->get());
+    Progress("MariaDB stream: prepared statement, unbuffered");
+    Measurement binary = MysqlStatementStream(flags, *conn);
+    broker_row("13. broker MariaDB stream 1M rows x 4 cols", maria,
+               {{"mysql_use_result", text}, {"mysql_stmt", binary}});
+    direct_row("13. libmariadb straight, mysql_use_result, same query", text,
+               "text protocol, values parsed");
+    direct_row("13. libmariadb straight, mysql_stmt unbuffered", binary,
+               "binary protocol, prepared, no store_result");
+  }
+}
+
+// Streams 5M rows from PostgreSQL through the daemon while sampling the
+// daemon's VmRSS every 100 ms: a stream must not collect its result.
+void RssRow(const Context& ctx, const absl::StatusOr<Connection>& pg) {
+  const std::string scenario =
+      "14. daemon RSS while streaming 5M rows from PostgreSQL";
+  if (!pg.ok()) {
+    ctx.rows.push_back(NotMeasured(scenario, 1, Short(pg.status())));
+    return;
+  }
+  if (ctx.flags.daemon_pid <= 0) {
+    ctx.rows.push_back(NotMeasured(scenario, 1, "no --daemon-pid"));
+    return;
+  }
+  Progress(scenario);
+  const int pid = ctx.flags.daemon_pid;
+  const int64_t baseline = ProcessRssKib(pid);
+  std::atomic<bool> done{false};
+  std::vector<int64_t> samples;
+  std::thread sampler([&] {
+    while (!done.load()) {
+      samples.push_back(ProcessRssKib(pid));
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+  int64_t server_micros = 0;
+  const Clock::time_point start = Clock::now();
+  BrokerNetStreamOnce(*pg, kPgRssStreamSql, kRssStreamRows, &server_micros);
+  const int64_t elapsed_ns = (Clock::now() - start).count();
+  done = true;
+  sampler.join();
+  const int64_t right_after = ProcessRssKib(pid);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const int64_t later = ProcessRssKib(pid);
+  const int64_t peak = *std::max_element(samples.begin(), samples.end());
+
+  std::vector<Samples> all(1);
+  all[0].latencies_ns = {elapsed_ns};
+  all[0].elapsed_ns = elapsed_ns;
+  Measurement m = Merge(all);
+  auto mib = [](int64_t kib) { return static_cast<double>(kib) / 1024; };
+  ctx.rows.push_back(MakeRow(
+      scenario, m,
+      absl::StrFormat(
+          "VmRSS peak - baseline **%+.1f MiB** (baseline %.1f, "
+          "peak %.1f, right after %.1f, 1 s later %.1f MiB; %d "
+          "samples); %.2fM rows/s, ~%.0f MB of payload",
+          mib(peak - baseline), mib(baseline), mib(peak), mib(right_after),
+          mib(later), static_cast<int>(samples.size()),
+          static_cast<double>(kRssStreamRows) /
+              (static_cast<double>(elapsed_ns) / 1e9) / 1e6,
+          static_cast<double>(kRssStreamRows * kNetStreamRowBytes) / 1e6)));
+}
+
+// One connection with a single backend kept busy by 64 slow callers while
+// another connection's SELECT 1 and a result-cache hit are timed: one busy
+// database must not stall the others.
+void NeighbourRows(const Context& ctx) {
+  const std::string& bench = ctx.flags.connection;
+  absl::StatusOr<Connection> small = Join(ctx.client, kPgSmallConnection);
+  if (!small.ok()) {
+    ctx.rows.push_back(
+        NotMeasured("15. busy neighbour", 1, Short(small.status())));
+    return;
+  }
+  Measurement idle_select = ctx.Workers("select1", 1, bench);
+  Measurement idle_cached = ctx.Workers("cached", 1, bench);
+
+  Progress(absl::StrCat("neighbour: ", kNeighbourCallers, " callers of `",
+                        kNeighbourSql, "` on ", kPgSmallConnection));
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> completed{0};
+  std::mutex error_mu;
+  std::string error;
+  std::vector<std::thread> callers;
+  for (int i = 0; i < kNeighbourCallers; ++i) {
+    callers.emplace_back([&] {
+      while (!stop.load()) {
+        // The queue is 63 calls of 50 ms deep: ~3.2 s of waiting each.
+        absl::StatusOr<Result> r =
+            small->Query(kNeighbourSql, {.deadline = absl::Minutes(2)});
+        if (!r.ok() || r->num_rows() != 1 || r->backend_executions() != 1) {
+          std::lock_guard<std::mutex> lock(error_mu);
+          if (error.empty()) {
+            error = r.ok() ? "pg_sleep did not return one row"
+                           : r.status().ToString();
+          }
+          return;
+        }
+        ++completed;
+      }
+    });
+  }
+  // Long enough for every caller to be queued behind the single backend.
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const int64_t done_before = completed.load();
+  const Clock::time_point busy_start = Clock::now();
+  Measurement busy_select = ctx.Workers("select1", 1, bench);
+  Measurement busy_cached = ctx.Workers("cached", 1, bench);
+  const double busy_seconds =
+      std::chrono::duration<double>(Clock::now() - busy_start).count();
+  const int64_t done_during = completed.load() - done_before;
+  stop = true;
+  Progress("neighbour: waiting for the queued callers to finish");
+  for (std::thread& t : callers) t.join();
+  if (!error.empty()) Die("neighbour: " + error);
+
+  const double neighbour_rate = static_cast<double>(done_during) / busy_seconds;
+  const std::string load = absl::StrFormat(
+      "%s busy: %d callers, %.1f calls/s done (1 backend x 50 ms: at most 20)",
+      kPgSmallConnection, kNeighbourCallers, neighbour_rate);
+  auto ratio_note = [&](const Measurement& busy, const Measurement& idle) {
+    return absl::StrFormat("busy/idle: p50 %.2fx, p99 %.2fx, ops/s %.2fx; %s",
+                           busy.p50_us / idle.p50_us, busy.p99_us / idle.p99_us,
+                           busy.ops_per_second / idle.ops_per_second, load);
+  };
+  ctx.rows.push_back(MakeRow("15. sqlite `SELECT 1`, neighbour idle",
+                             idle_select, ServerNote(idle_select)));
+  ctx.rows.push_back(MakeRow("15. sqlite `SELECT 1`, neighbour busy",
+                             busy_select,
+                             ratio_note(busy_select, idle_select)));
+  ctx.rows.push_back(MakeRow("15. cache hit, neighbour idle", idle_cached,
+                             ServerNote(idle_cached)));
+  ctx.rows.push_back(MakeRow("15. cache hit, neighbour busy", busy_cached,
+                             ratio_note(busy_cached, idle_cached)));
 }
 
 int RunParent(const Flags& flags) {
@@ -758,86 +1925,44 @@ int RunParent(const Flags& flags) {
   Progress("set-up: creating items (100k rows), big (1M rows), log");
   SetUp(*conn);
 
-  const std::string scratch =
-      std::filesystem::path(flags.db).parent_path().string();
-  const int n = flags.many_clients;
+  const Servers servers = ServersFromEnv();
+  const bool want_pg = Selected(flags, "pg") || Selected(flags, "stream") ||
+                       Selected(flags, "rss") || Selected(flags, "neighbour");
+  const bool want_mysql =
+      Selected(flags, "mariadb") || Selected(flags, "stream");
+  absl::Status no_server = absl::FailedPreconditionError("no server given");
+  absl::StatusOr<Connection> pg = no_server;
+  absl::StatusOr<Connection> maria = no_server;
+  if (servers.has_pg() && want_pg) {
+    Progress("set-up: PostgreSQL items (100k rows), stream (1M rows)");
+    SetUpPostgres(servers);
+    pg = Join(**client, kPgConnection);
+    if (!pg.ok()) Progress("broker on PostgreSQL: " + pg.status().ToString());
+  } else if (want_pg) {
+    Progress(
+        "no PostgreSQL given (CONNBROKER_TEST_PG_*): its rows are left out");
+  }
+  if (servers.has_mysql() && want_mysql) {
+    Progress("set-up: MariaDB items (100k rows), stream (1M rows)");
+    SetUpMysql(servers);
+    maria = Join(**client, kMariaConnection);
+    if (!maria.ok())
+      Progress("broker on MariaDB: " + maria.status().ToString());
+  } else if (want_mysql) {
+    Progress(
+        "no MariaDB given (CONNBROKER_TEST_MYSQL_*): its rows are left out");
+  }
+
   std::vector<Row> rows;
-  auto workers = [&](const std::string& mode, int clients) {
-    Progress(absl::StrCat(mode, " x", clients));
-    return RunWorkers(flags, scratch, mode, clients);
-  };
-
-  Progress("direct SELECT 1");
-  Measurement direct = DirectSelectOne(flags);
-  rows.push_back(MakeRow("1. direct SQLite `SELECT 1` (floor)", direct,
-                         "in-process prepared statement, no daemon"));
-
-  Measurement s1 = workers("select1", 1);
-  Measurement sn = workers("select1", n);
-  rows.push_back(MakeRow("2. broker `SELECT 1`, uncached", s1, ServerNote(s1)));
-  rows.push_back(MakeRow("2. broker `SELECT 1`, uncached", sn,
-                         absl::StrCat(ServerNote(sn), "; ", Scaling(sn, s1))));
-
-  Measurement p1 = workers("point", 1);
-  Measurement pn = workers("point", n);
-  rows.push_back(MakeRow("3. broker point lookup, uncached", p1,
-                         absl::StrCat(ServerNote(p1), "; random id of 100k")));
-  rows.push_back(MakeRow("3. broker point lookup, uncached", pn,
-                         absl::StrCat(ServerNote(pn), "; ", Scaling(pn, p1))));
-
-  Measurement c1 = workers("cached", 1);
-  Measurement cn = workers("cached", n);
-  rows.push_back(MakeRow("4. broker point lookup, cached (ttl 600 s)", c1,
-                         absl::StrCat(ServerNote(c1), "; every call a hit")));
-  rows.push_back(MakeRow("4. broker point lookup, cached (ttl 600 s)", cn,
-                         absl::StrCat(ServerNote(cn), "; ", Scaling(cn, c1))));
-
-  Measurement k1 = workers("connect", 1);
-  rows.push_back(MakeRow("5. Connect (join existing)", k1,
-                         absl::StrCat(CpuNote(k1), "; joined, same handle")));
-
-  Progress("stream through the daemon");
-  int64_t server_micros = 0;
-  const int64_t self_cpu_start = SelfCpuNanos();
-  const int64_t daemon_cpu_start = ProcessCpuNanos(flags.daemon_pid);
-  Measurement bs = BrokerStream(flags, *conn, &server_micros);
-  const int64_t daemon_cpu_end = ProcessCpuNanos(flags.daemon_pid);
-  bs.client_cpu_us = static_cast<double>(SelfCpuNanos() - self_cpu_start) /
-                     1e3 / static_cast<double>(bs.ops);
-  if (daemon_cpu_start >= 0 && daemon_cpu_end >= 0) {
-    bs.daemon_cpu_us = static_cast<double>(daemon_cpu_end - daemon_cpu_start) /
-                       1e3 / static_cast<double>(bs.ops);
-  }
-  Progress("stream in-process");
-  Measurement ds = DirectStream(flags);
-  rows.push_back(MakeRow(
-      "6. broker stream 1M rows x 3 cols (QueryBatches)", bs,
-      absl::StrFormat("%s; %.0f%% of direct; server-side %.2f s, CPU/query: "
-                      "daemon %.2f s, client %.2f s",
-                      StreamNotes(bs),
-                      100 * bs.ops_per_second / ds.ops_per_second,
-                      static_cast<double>(server_micros) / 1e6,
-                      bs.daemon_cpu_us / 1e6, bs.client_cpu_us / 1e6)));
-  rows.push_back(MakeRow("6. direct SQLite, same 1M-row query", ds,
-                         StreamNotes(ds) + "; in-process"));
-
-  absl::StatusOr<int64_t> before = CountRows(*conn, "log");
-  if (!before.ok()) Die("count log: " + before.status().ToString());
-  Measurement w1 = workers("insert", 1);
-  Measurement wn = workers("insert", n);
-  absl::StatusOr<int64_t> after = CountRows(*conn, "log");
-  if (!after.ok()) Die("count log: " + after.status().ToString());
-  if (*after - *before != w1.total_calls + wn.total_calls) {
-    Die(absl::StrCat("log gained ", *after - *before, " rows but ",
-                     w1.total_calls + wn.total_calls,
-                     " inserts were acknowledged"));
-  }
-  rows.push_back(
-      MakeRow("7. broker Execute single-row INSERT", w1,
-              absl::StrCat(CpuNote(w1), "; rows checked by count(*)")));
-  rows.push_back(MakeRow(
-      "7. broker Execute single-row INSERT", wn,
-      absl::StrCat(CpuNote(wn), "; ", Scaling(wn, w1), ": one writer")));
+  const Context ctx{flags, servers, **client,
+                    std::filesystem::path(flags.db).parent_path().string(),
+                    rows};
+  if (Selected(flags, "sqlite")) SqliteRows(ctx, *conn);
+  if (Selected(flags, "pg") && servers.has_pg()) PostgresRows(ctx, pg);
+  if (Selected(flags, "mariadb") && servers.has_mysql()) MariaRows(ctx, maria);
+  if (Selected(flags, "stream")) NetStreamRows(ctx, pg, maria);
+  if (Selected(flags, "rss") && servers.has_pg()) RssRow(ctx, pg);
+  if (Selected(flags, "neighbour") && servers.has_pg()) NeighbourRows(ctx);
 
   PrintTable(flags, rows);
   return 0;
