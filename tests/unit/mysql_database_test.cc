@@ -28,6 +28,7 @@
 #include "server/drivers/cancel_signal.h"
 #include "server/drivers/database.h"
 #include "tests/testing/db_servers.h"
+#include "tests/unit/database_test_util.h"
 
 namespace connbroker::server {
 namespace {
@@ -135,45 +136,12 @@ class MysqlDatabaseTest : public ::testing::Test {
     return name;
   }
 
-  static void Exec(Database& db, const std::string& sql,
-                   const v1::Params& params = {}) {
-    absl::StatusOr<ExecuteResult> result = ExecuteNow(db, sql, params);
-    ASSERT_TRUE(result.ok()) << sql << ": " << result.status();
-  }
-
-  // Runs `sql` to the end; returns the batches (and each Next's answer).
-  struct Result {
-    std::vector<v1::RowBatch> batches;
-    std::vector<bool> more;
-    v1::Schema schema;
-    int64_t rows = 0;
-  };
-  static absl::StatusOr<Result> Run(Database& db, const std::string& sql,
-                                    const v1::Params& params = {},
-                                    int max_rows = 1000,
-                                    size_t max_bytes = 1 << 20) {
-    absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
-        QueryNow(db, sql, params);
-    if (!cursor.ok()) return cursor.status();
-    Result result;
-    while (true) {
-      v1::RowBatch batch;
-      absl::StatusOr<bool> more = (*cursor)->Next(max_rows, max_bytes, &batch);
-      if (!more.ok()) return more.status();
-      result.rows += batch.row_count();
-      result.batches.push_back(std::move(batch));
-      result.more.push_back(*more);
-      if (!*more) break;
-      if (result.batches.size() > 100000) return absl::InternalError("loop");
-    }
-    result.schema = (*cursor)->schema();
-    return result;
-  }
+  using Result = QueryOutput;
 
   // The single integer a query answers.
   static int64_t Scalar(Database& db, const std::string& sql,
                         const v1::Params& params = {}) {
-    absl::StatusOr<Result> result = Run(db, sql, params);
+    absl::StatusOr<Result> result = RunQuery(db, sql, params);
     EXPECT_TRUE(result.ok()) << sql << ": " << result.status();
     if (!result.ok() || result->rows != 1) return -1;
     const v1::ColumnVector& column = result->batches[0].columns(0);
@@ -226,7 +194,7 @@ TEST_F(MysqlDatabaseTest, TypesRoundTrip) {
   Exec(*db, "INSERT INTO " + t + " (id) VALUES (3)");
 
   absl::StatusOr<Result> result =
-      Run(*db, "SELECT * FROM " + t + " ORDER BY id");
+      RunQuery(*db, "SELECT * FROM " + t + " ORDER BY id");
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->rows, 3);
   ASSERT_EQ(result->batches.size(), 1u);
@@ -327,12 +295,12 @@ TEST_F(MysqlDatabaseTest, TypesRoundTrip) {
 TEST_F(MysqlDatabaseTest, ExpressionsAndTimeFractions) {
   std::unique_ptr<Database> db = Open();
   ASSERT_NE(db, nullptr);
-  absl::StatusOr<Result> result =
-      Run(*db,
-          "SELECT CAST('12:00:01.5' AS TIME(1)) AS t1,"
-          " TIMEDIFF('2024-01-03 00:00:00', '2024-01-01 00:00:00.25') AS diff,"
-          " CAST('2024-01-02 03:04:05.000100' AS DATETIME(6)) AS dt6,"
-          " 1.50 AS num, NULL AS n, X'00ff' AS bin, 'text' AS txt");
+  absl::StatusOr<Result> result = RunQuery(
+      *db,
+      "SELECT CAST('12:00:01.5' AS TIME(1)) AS t1,"
+      " TIMEDIFF('2024-01-03 00:00:00', '2024-01-01 00:00:00.25') AS diff,"
+      " CAST('2024-01-02 03:04:05.000100' AS DATETIME(6)) AS dt6,"
+      " 1.50 AS num, NULL AS n, X'00ff' AS bin, 'text' AS txt");
   ASSERT_TRUE(result.ok()) << result.status();
   const v1::RowBatch& b = result->batches[0];
   EXPECT_EQ(b.columns(0).texts().values(0), "12:00:01.5");
@@ -360,7 +328,7 @@ TEST_F(MysqlDatabaseTest, PositionalAndNamedParams) {
   *positional.add_positional() = Text("t\xc3\xa9xt");
   *positional.add_positional() = Blob(std::string("\0b", 2));
   absl::StatusOr<Result> result =
-      Run(*db, "SELECT ? + 1, ?, ?, ?, ?, ?", positional);
+      RunQuery(*db, "SELECT ? + 1, ?, ?, ?, ?, ?", positional);
   ASSERT_TRUE(result.ok()) << result.status();
   const v1::RowBatch& b = result->batches[0];
   EXPECT_EQ(b.columns(0).int64s().values(0), 42);
@@ -376,7 +344,8 @@ TEST_F(MysqlDatabaseTest, PositionalAndNamedParams) {
   (*named.mutable_named())["a"] = Int(5);
   (*named.mutable_named())["b"] = Text("bee");
   (*named.mutable_named())["unused"] = Int(0);
-  result = Run(*db,
+  result =
+      RunQuery(*db,
                "SELECT :a AS `:a`, ':a' AS s, %(b)s AS b, :a * 2 AS twice, "
                "'100%%' AS pct /* :b */ -- :b\n",
                named);
@@ -411,7 +380,7 @@ TEST_F(MysqlDatabaseTest, InjectionAttemptsStayData) {
     v1::Params params;
     *params.add_positional() = Text(evil[i]);
     absl::StatusOr<Result> result =
-        Run(*db, "SELECT id FROM " + t + " WHERE name = ?", params);
+        RunQuery(*db, "SELECT id FROM " + t + " WHERE name = ?", params);
     ASSERT_TRUE(result.ok()) << result.status();
     ASSERT_EQ(result->rows, 1) << evil[i];
     EXPECT_EQ(result->batches[0].columns(0).int64s().values(0),
@@ -515,7 +484,7 @@ TEST_F(MysqlDatabaseTest, ExecuteCountsRowsAndInsertIds) {
 
   // A statement without a result set through Query: no columns, no rows.
   absl::StatusOr<Result> rows =
-      Run(*db, "INSERT INTO " + t + " (v) VALUES (5)");
+      RunQuery(*db, "INSERT INTO " + t + " (v) VALUES (5)");
   ASSERT_TRUE(rows.ok()) << rows.status();
   EXPECT_EQ(rows->schema.columns_size(), 0);
   EXPECT_EQ(rows->rows, 0);
@@ -554,11 +523,11 @@ TEST_F(MysqlDatabaseTest, BackendReturnsWithoutATransaction) {
   const int64_t backend = Scalar(*db, "SELECT CONNECTION_ID()");
   // Through Query, which has no transaction check of its own: the pool's
   // recycle hook rolls back as the backend comes back.
-  absl::StatusOr<Result> begun = Run(*db, "START TRANSACTION");
+  absl::StatusOr<Result> begun = RunQuery(*db, "START TRANSACTION");
   ASSERT_TRUE(begun.ok()) << begun.status();
   EXPECT_EQ(Scalar(*db, "SELECT CAST(@@in_transaction AS SIGNED)"), 0);
-  ASSERT_TRUE(Run(*db, "START TRANSACTION").ok());
-  ASSERT_TRUE(Run(*db, "INSERT INTO " + t + " VALUES (1)").ok());
+  ASSERT_TRUE(RunQuery(*db, "START TRANSACTION").ok());
+  ASSERT_TRUE(RunQuery(*db, "INSERT INTO " + t + " VALUES (1)").ok());
   EXPECT_EQ(Scalar(*db, "SELECT COUNT(*) FROM " + t), 1);  // autocommitted
   EXPECT_EQ(Scalar(*db, "SELECT CONNECTION_ID()"), backend);
 }
@@ -592,11 +561,11 @@ TEST_F(MysqlDatabaseTest, LockWaitTimeoutIsAborted) {
   *pattern.add_positional() = Text("SELECT id, SLEEP% FROM " + t + " %");
   for (const absl::Time deadline = absl::Now() + absl::Seconds(10);
        !sleeping && absl::Now() < deadline;) {
-    absl::StatusOr<Result> state =
-        Run(*db,
-            "SELECT COUNT(*) FROM information_schema.processlist WHERE id <> "
-            "CONNECTION_ID() AND info LIKE ?",
-            pattern);
+    absl::StatusOr<Result> state = RunQuery(
+        *db,
+        "SELECT COUNT(*) FROM information_schema.processlist WHERE id <> "
+        "CONNECTION_ID() AND info LIKE ?",
+        pattern);
     sleeping =
         state.ok() && state->batches[0].columns(0).int64s().values(0) > 0;
     if (!sleeping) absl::SleepFor(absl::Milliseconds(20));
@@ -621,7 +590,7 @@ TEST_F(MysqlDatabaseTest, LargeResultStreamsInBatches) {
   Exec(*db, "INSERT INTO " + t + " SELECT n, CONCAT('row ', n) FROM (" +
                 NumbersSql(50000) + ") numbers");
   absl::StatusOr<Result> result =
-      Run(*db, "SELECT id, v FROM " + t + " ORDER BY id", {}, 4096);
+      RunQuery(*db, "SELECT id, v FROM " + t + " ORDER BY id", {}, 4096);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->rows, 50000);
   ASSERT_EQ(result->batches.size(), 13u);  // 12 x 4096 + 848
@@ -640,8 +609,8 @@ TEST_F(MysqlDatabaseTest, LargeResultStreamsInBatches) {
   EXPECT_EQ(result->schema.columns(1).nullable(), true);
 
   // Cut by bytes as well.
-  result = Run(*db, "SELECT id, v FROM " + t + " ORDER BY id", {}, 100000,
-               64 * 1024);
+  result = RunQuery(*db, "SELECT id, v FROM " + t + " ORDER BY id", {}, 100000,
+                    64 * 1024);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->rows, 50000);
   EXPECT_GT(result->batches.size(), 5u);
@@ -688,11 +657,11 @@ TEST_F(MysqlDatabaseTest, CancelKillsTheQueryAndKeepsTheBackend) {
     v1::Params id;
     *id.add_positional() = Int(backend);
     while (absl::Now() < deadline) {
-      absl::StatusOr<Result> running =
-          Run(*watcher,
-              "SELECT COUNT(*) FROM information_schema.processlist WHERE id = "
-              "? AND info LIKE 'SELECT SLEEP%'",
-              id);
+      absl::StatusOr<Result> running = RunQuery(
+          *watcher,
+          "SELECT COUNT(*) FROM information_schema.processlist WHERE id = "
+          "? AND info LIKE 'SELECT SLEEP%'",
+          id);
       if (running.ok() && running->rows == 1 &&
           running->batches[0].columns(0).int64s().values(0) == 1) {
         seen = true;
@@ -762,7 +731,7 @@ TEST_F(MysqlDatabaseTest, StoredProcedureResults) {
   Exec(*db, "CREATE PROCEDURE " + proc + "(IN x INT) SELECT x + 1 AS y");
   v1::Params params;
   *params.add_positional() = Int(41);
-  absl::StatusOr<Result> result = Run(*db, "CALL " + proc + "(?)", params);
+  absl::StatusOr<Result> result = RunQuery(*db, "CALL " + proc + "(?)", params);
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->rows, 1);
   EXPECT_EQ(result->batches[0].columns(0).int64s().values(0), 42);
@@ -871,11 +840,11 @@ TEST_F(MysqlDatabaseTest, PreparedStatementCacheSurvivesManyStatements) {
   const std::string t = NewTable();
   Exec(*db, "CREATE TABLE " + t + " (a INT)");
   Exec(*db, "INSERT INTO " + t + " VALUES (1)");
-  absl::StatusOr<Result> result = Run(*db, "SELECT * FROM " + t);
+  absl::StatusOr<Result> result = RunQuery(*db, "SELECT * FROM " + t);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->schema.columns_size(), 1);
   Exec(*db, "ALTER TABLE " + t + " ADD COLUMN b VARCHAR(5) DEFAULT 'bb'");
-  result = Run(*db, "SELECT * FROM " + t);
+  result = RunQuery(*db, "SELECT * FROM " + t);
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->schema.columns_size(), 2);
   EXPECT_EQ(result->batches[0].columns(1).texts().values(0), "bb");

@@ -30,6 +30,7 @@
 #include "gtest/gtest.h"
 #include "server/drivers/database.h"
 #include "tests/testing/db_servers.h"
+#include "tests/unit/database_test_util.h"
 
 namespace connbroker::server {
 namespace {
@@ -176,46 +177,12 @@ class PostgresDatabaseTest : public ::testing::Test {
     return db.ok() ? std::move(*db) : nullptr;
   }
 
-  static void Exec(Database& db, const std::string& sql,
-                   const v1::Params& params = {}) {
-    absl::StatusOr<ExecuteResult> result = ExecuteNow(db, sql, params);
-    ASSERT_TRUE(result.ok()) << sql << ": " << result.status();
-  }
-
-  struct Result {
-    std::vector<v1::RowBatch> batches;
-    std::vector<bool> more;
-    v1::Schema schema;
-    int64_t rows = 0;
-  };
-
-  // Runs `sql` to the end; returns the batches (and each Next's answer).
-  static absl::StatusOr<Result> Run(Database& db, const std::string& sql,
-                                    const v1::Params& params = {},
-                                    int max_rows = 1000,
-                                    size_t max_bytes = 1 << 20) {
-    absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
-        QueryNow(db, sql, params);
-    if (!cursor.ok()) return cursor.status();
-    Result result;
-    while (true) {
-      v1::RowBatch batch;
-      absl::StatusOr<bool> more = (*cursor)->Next(max_rows, max_bytes, &batch);
-      if (!more.ok()) return more.status();
-      result.rows += batch.row_count();
-      result.batches.push_back(std::move(batch));
-      result.more.push_back(*more);
-      if (!*more) break;
-      if (result.batches.size() > 100000) return absl::InternalError("loop");
-    }
-    result.schema = (*cursor)->schema();
-    return result;
-  }
+  using Result = QueryOutput;
 
   // The single value of a one-row, one-column query.
   static absl::StatusOr<v1::Value> Scalar(Database& db, const std::string& sql,
                                           const v1::Params& params = {}) {
-    absl::StatusOr<Result> result = Run(db, sql, params);
+    absl::StatusOr<Result> result = RunQuery(db, sql, params);
     if (!result.ok()) return result.status();
     if (result->rows != 1 || result->batches[0].columns_size() != 1) {
       return absl::InternalError("not one row of one column");
@@ -233,10 +200,10 @@ class PostgresDatabaseTest : public ::testing::Test {
   // pool_size 1). The probe's text changes each time, so it never becomes
   // a prepared statement itself.
   std::vector<std::string> Prepared(Database& db) {
-    absl::StatusOr<Result> result =
-        Run(db, absl::StrCat("SELECT statement FROM pg_prepared_statements "
-                             "ORDER BY statement /* probe ",
-                             ++probes_, " */"));
+    absl::StatusOr<Result> result = RunQuery(
+        db, absl::StrCat("SELECT statement FROM pg_prepared_statements "
+                         "ORDER BY statement /* probe ",
+                         ++probes_, " */"));
     EXPECT_TRUE(result.ok()) << result.status();
     std::vector<std::string> texts;
     if (!result.ok()) return texts;
@@ -326,7 +293,7 @@ TEST_F(PostgresDatabaseTest, TypesRoundTripWithTheirNames) {
   for (const TypeCase& c : cases) {
     SCOPED_TRACE(c.expression);
     absl::StatusOr<Result> result =
-        Run(*db_, "SELECT " + c.expression + " AS v");
+        RunQuery(*db_, "SELECT " + c.expression + " AS v");
     ASSERT_TRUE(result.ok()) << result.status();
     ASSERT_EQ(result->rows, 1);
     ASSERT_EQ(result->schema.columns_size(), 1);
@@ -340,7 +307,7 @@ TEST_F(PostgresDatabaseTest, TypesRoundTripWithTheirNames) {
 
     // The same type's NULL: a null cell, the same name.
     const std::string null_sql = "SELECT NULL::" + c.database_type + " AS v";
-    absl::StatusOr<Result> null_result = Run(*db_, null_sql);
+    absl::StatusOr<Result> null_result = RunQuery(*db_, null_sql);
     ASSERT_TRUE(null_result.ok()) << null_result.status();
     EXPECT_EQ(null_result->schema.columns(0).database_type(), c.database_type);
     EXPECT_EQ(null_result->schema.columns(0).kind(), v1::VALUE_KIND_NULL);
@@ -363,7 +330,7 @@ TEST_F(PostgresDatabaseTest, TableColumnsSettleKindAndNullability) {
        "INSERT INTO t VALUES (1, 9.99, 'a', '\\x01', true), "
        "(2, NULL, NULL, NULL, NULL), (3, 0.5, 'c', '\\x', false)");
   absl::StatusOr<Result> result =
-      Run(*db_, "SELECT id, price, note, data, ok FROM t ORDER BY id");
+      RunQuery(*db_, "SELECT id, price, note, data, ok FROM t ORDER BY id");
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->rows, 3);
   const v1::Schema& schema = result->schema;
@@ -385,12 +352,12 @@ TEST_F(PostgresDatabaseTest, TableColumnsSettleKindAndNullability) {
 // The built-in OIDs the driver names by heart are the server's.
 TEST_F(PostgresDatabaseTest, BuiltinTypeNamesMatchTheServer) {
   absl::StatusOr<Result> result =
-      Run(*db_,
-          "SELECT t.oid::int8, t.typname::text, e.typname::text "
-          "FROM pg_type t LEFT JOIN pg_type e "
-          "ON e.oid = t.typelem AND t.typname = '_' || e.typname "
-          "WHERE t.oid < 16384",
-          {}, 100000);
+      RunQuery(*db_,
+               "SELECT t.oid::int8, t.typname::text, e.typname::text "
+               "FROM pg_type t LEFT JOIN pg_type e "
+               "ON e.oid = t.typelem AND t.typname = '_' || e.typname "
+               "WHERE t.oid < 16384",
+               {}, 100000);
   ASSERT_TRUE(result.ok()) << result.status();
   int checked = 0;
   for (const v1::RowBatch& batch : result->batches) {
@@ -437,8 +404,8 @@ TEST_F(PostgresDatabaseTest, PositionalParametersAreData) {
   for (int i = 0; i < 7; ++i) *nulls.add_positional() = Null();
   Exec(*db_, "INSERT INTO p VALUES ($1, $2, $3, $4, $5, $6, $7)", nulls);
 
-  absl::StatusOr<Result> result =
-      Run(*db_, "SELECT i, f, s, b, ok, d, small FROM p ORDER BY i NULLS LAST");
+  absl::StatusOr<Result> result = RunQuery(
+      *db_, "SELECT i, f, s, b, ok, d, small FROM p ORDER BY i NULLS LAST");
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->rows, 2);
   const v1::RowBatch& batch = result->batches[0];
@@ -494,13 +461,13 @@ TEST_F(PostgresDatabaseTest, NamedParametersAreRewrittenAndBound) {
   // strings, comments and dollar quotes that are not parameters.
   v1::Params query;
   (*query.mutable_named())["id"] = Int(1);
-  absl::StatusOr<Result> result =
-      Run(*db_,
-          "SELECT name, :id::int8 + 1 AS next, '10:30'::time AS t, ':id' AS s, "
-          "$$ :id $$ AS d, $tag$ it's :id $tag$ AS e, \"n\".id::text AS c "
-          "/* :nope */ FROM n -- :nope\n"
-          "WHERE id = :id AND id = (:id)",
-          query);
+  absl::StatusOr<Result> result = RunQuery(
+      *db_,
+      "SELECT name, :id::int8 + 1 AS next, '10:30'::time AS t, ':id' AS s, "
+      "$$ :id $$ AS d, $tag$ it's :id $tag$ AS e, \"n\".id::text AS c "
+      "/* :nope */ FROM n -- :nope\n"
+      "WHERE id = :id AND id = (:id)",
+      query);
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->rows, 1);
   const v1::RowBatch& batch = result->batches[0];
@@ -516,7 +483,7 @@ TEST_F(PostgresDatabaseTest, NamedParametersAreRewrittenAndBound) {
   // psycopg2's pyformat, with %% as a percent sign.
   v1::Params pyformat;
   (*pyformat.mutable_named())["pattern"] = Text("x%");
-  absl::StatusOr<Result> like = Run(
+  absl::StatusOr<Result> like = RunQuery(
       *db_,
       "SELECT count(*) AS c, 7 %% 4 AS m FROM n WHERE name LIKE %(pattern)s",
       pyformat);
@@ -526,14 +493,14 @@ TEST_F(PostgresDatabaseTest, NamedParametersAreRewrittenAndBound) {
 
   v1::Params missing;
   (*missing.mutable_named())["id"] = Int(1);
-  absl::StatusOr<Result> failed = Run(*db_, "SELECT :id, :other", missing);
+  absl::StatusOr<Result> failed = RunQuery(*db_, "SELECT :id, :other", missing);
   EXPECT_EQ(failed.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(failed.status().message(),
               HasSubstr("no value for parameter :other"));
 
   v1::Params both = missing;
   *both.add_positional() = Int(1);
-  failed = Run(*db_, "SELECT $1", both);
+  failed = RunQuery(*db_, "SELECT $1", both);
   EXPECT_EQ(failed.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
@@ -576,7 +543,7 @@ TEST(PostgresRewriteTest, RewritesOnlyRealPlaceholders) {
 // Errors
 
 TEST_F(PostgresDatabaseTest, SqlErrorsCarryMessageAndSqlState) {
-  absl::StatusOr<Result> syntax = Run(*db_, "SELEC 1");
+  absl::StatusOr<Result> syntax = RunQuery(*db_, "SELEC 1");
   EXPECT_EQ(syntax.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(syntax.status().message(), HasSubstr("syntax error"));
   EXPECT_EQ(SqlStateOf(syntax.status()), "42601");
@@ -598,10 +565,10 @@ TEST_F(PostgresDatabaseTest, SqlErrorsCarryMessageAndSqlState) {
   v1::Params extra;
   *extra.add_positional() = Int(1);
   *extra.add_positional() = Int(2);
-  absl::StatusOr<Result> mismatch = Run(*db_, "SELECT $1", extra);
+  absl::StatusOr<Result> mismatch = RunQuery(*db_, "SELECT $1", extra);
   EXPECT_EQ(mismatch.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(mismatch.status().message(), HasSubstr("2 given"));
-  mismatch = Run(*db_, "SELECT $1, $2, $3", extra);
+  mismatch = RunQuery(*db_, "SELECT $1, $2, $3", extra);
   EXPECT_EQ(mismatch.status().code(), absl::StatusCode::kInvalidArgument);
 
   // An error after some rows were sent: the rows, then the error; the
@@ -620,7 +587,7 @@ TEST_F(PostgresDatabaseTest, SqlErrorsCarryMessageAndSqlState) {
   EXPECT_EQ(Count(*db_, "SELECT 1::int8"), 1);
 
   // A Query is one statement.
-  absl::StatusOr<Result> two = Run(*db_, "SELECT 1; SELECT 2");
+  absl::StatusOr<Result> two = RunQuery(*db_, "SELECT 1; SELECT 2");
   EXPECT_EQ(two.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
@@ -676,7 +643,7 @@ TEST_F(PostgresDatabaseTest, ConnectsThroughTheUnixSocket) {
 // Streaming
 
 TEST_F(PostgresDatabaseTest, LargeResultsStreamInBatches) {
-  absl::StatusOr<Result> result = Run(
+  absl::StatusOr<Result> result = RunQuery(
       *db_, "SELECT g, repeat('x', 20) AS pad FROM generate_series(1, 50000) g",
       {}, 4096);
   ASSERT_TRUE(result.ok()) << result.status();
@@ -693,14 +660,15 @@ TEST_F(PostgresDatabaseTest, LargeResultsStreamInBatches) {
 
   // Cut by bytes as well: about 64 KiB a batch.
   absl::StatusOr<Result> by_bytes =
-      Run(*db_, "SELECT repeat('y', 1000) FROM generate_series(1, 1000)", {},
-          100000, 64 << 10);
+      RunQuery(*db_, "SELECT repeat('y', 1000) FROM generate_series(1, 1000)",
+               {}, 100000, 64 << 10);
   ASSERT_TRUE(by_bytes.ok()) << by_bytes.status();
   EXPECT_EQ(by_bytes->rows, 1000);
   EXPECT_GE(by_bytes->batches.size(), 10u);
 
   // A statement without rows: no columns, no rows.
-  absl::StatusOr<Result> command = Run(*db_, "CREATE TABLE empty_one(x int)");
+  absl::StatusOr<Result> command =
+      RunQuery(*db_, "CREATE TABLE empty_one(x int)");
   ASSERT_TRUE(command.ok()) << command.status();
   EXPECT_EQ(command->rows, 0);
   EXPECT_EQ(command->schema.columns_size(), 0);
@@ -849,7 +817,7 @@ TEST_F(PostgresDatabaseTest, ExecuteRefusesAnOpenTransaction) {
   spec.pool.max_overflow = 0;
   std::unique_ptr<Database> db = Open(spec);
   ASSERT_NE(db, nullptr);
-  ASSERT_TRUE(Run(*db, "BEGIN").ok());
+  ASSERT_TRUE(RunQuery(*db, "BEGIN").ok());
   absl::StatusOr<ExecuteResult> after =
       ExecuteNow(*db, "INSERT INTO tx VALUES (4)");
   EXPECT_TRUE(after.ok()) << after.status();
@@ -878,7 +846,7 @@ TEST_F(PostgresDatabaseTest, ALostConnectionIsUnavailableThenRecovers) {
                                      "pg_terminate_backend(",
                                      pid, ", 5000)) t")),
             1);
-  absl::StatusOr<Result> lost = Run(*db, "SELECT 1");
+  absl::StatusOr<Result> lost = RunQuery(*db, "SELECT 1");
   EXPECT_EQ(lost.status().code(), absl::StatusCode::kUnavailable)
       << lost.status();
   // The broken backend was closed; the next statement opens a new one.
@@ -909,7 +877,7 @@ TEST_F(PostgresDatabaseTest, PrePingReplacesADeadBackendUnseen) {
 
 TEST_F(PostgresDatabaseTest, OddStatements) {
   // COPY to or from the client is refused; the backend is replaced.
-  absl::StatusOr<Result> copy = Run(*db_, "COPY (SELECT 1) TO STDOUT");
+  absl::StatusOr<Result> copy = RunQuery(*db_, "COPY (SELECT 1) TO STDOUT");
   EXPECT_EQ(copy.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(copy.status().message(), HasSubstr("COPY"));
   absl::StatusOr<ExecuteResult> copy_in =
@@ -918,7 +886,7 @@ TEST_F(PostgresDatabaseTest, OddStatements) {
   EXPECT_EQ(Count(*db_, "SELECT 5::int8"), 5);
 
   // Blank SQL: no columns, no rows.
-  absl::StatusOr<Result> blank = Run(*db_, "  ");
+  absl::StatusOr<Result> blank = RunQuery(*db_, "  ");
   ASSERT_TRUE(blank.ok()) << blank.status();
   EXPECT_EQ(blank->schema.columns_size(), 0);
 
@@ -1031,7 +999,7 @@ TEST_F(PostgresDatabaseTest, RepeatedStatementsArePreparedOnTheirSecondRun) {
   // Scripts and utility statements are never prepared.
   for (int i = 0; i < 2; ++i) {
     Exec(*db, "UPDATE t SET amount = amount WHERE id = 1; SELECT 1");
-    ASSERT_TRUE(Run(*db, "SET application_name = 'cbtest'").ok());
+    ASSERT_TRUE(RunQuery(*db, "SET application_name = 'cbtest'").ok());
   }
   EXPECT_EQ(Prepared(*db).size(), 4);
   EXPECT_EQ(db->Stats().opened_total(), 1);
@@ -1076,7 +1044,7 @@ TEST_F(PostgresDatabaseTest, DeallocatedStatementsArePreparedAgain) {
   Exec(*db, "DISCARD ALL");
   ExpectPointRow(*db, 5);
   expect_update();
-  absl::StatusOr<Result> names = Run(
+  absl::StatusOr<Result> names = RunQuery(
       *db, "SELECT name FROM pg_prepared_statements /* names */ ORDER BY 1");
   ASSERT_TRUE(names.ok()) << names.status();
   ASSERT_EQ(names->rows, 2);
@@ -1110,7 +1078,7 @@ TEST_F(PostgresDatabaseTest, ChangedTablesArePreparedAgain) {
   // Both statements' result types change: "cached plan must not change
   // result type" (0A000) the first time, unseen by the client.
   Exec(*db, "ALTER TABLE t ALTER COLUMN amount TYPE text");
-  absl::StatusOr<Result> result = Run(*db, kPointLookup, [] {
+  absl::StatusOr<Result> result = RunQuery(*db, kPointLookup, [] {
     v1::Params params;
     *params.add_positional() = Int(3);
     return params;

@@ -21,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "server/drivers/database.h"
 #include "tests/testing/temp_dir.h"
+#include "tests/unit/database_test_util.h"
 
 namespace connbroker::server {
 namespace {
@@ -56,43 +57,11 @@ class SqliteDatabaseTest : public ::testing::Test {
     return Open(Spec(PathOf(file), readers));
   }
 
-  static void Exec(Database& db, const std::string& sql,
-                   const v1::Params& params = {}) {
-    absl::StatusOr<ExecuteResult> result = ExecuteNow(db, sql, params);
-    ASSERT_TRUE(result.ok()) << sql << ": " << result.status();
-  }
-
-  // Runs `sql` to the end; returns the batches (and each Next's answer).
-  struct Result {
-    std::vector<v1::RowBatch> batches;
-    std::vector<bool> more;
-    v1::Schema schema;
-    int64_t rows = 0;
-  };
-  static absl::StatusOr<Result> Run(Database& db, const std::string& sql,
-                                    const v1::Params& params = {},
-                                    int max_rows = 1000,
-                                    size_t max_bytes = 1 << 20) {
-    absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
-        QueryNow(db, sql, params);
-    if (!cursor.ok()) return cursor.status();
-    Result result;
-    while (true) {
-      v1::RowBatch batch;
-      absl::StatusOr<bool> more = (*cursor)->Next(max_rows, max_bytes, &batch);
-      if (!more.ok()) return more.status();
-      result.rows += batch.row_count();
-      result.batches.push_back(std::move(batch));
-      result.more.push_back(*more);
-      if (!*more) break;
-      if (result.batches.size() > 100000) return absl::InternalError("loop");
-    }
-    result.schema = (*cursor)->schema();
-    return result;
-  }
+  using Result = QueryOutput;
 
   static int64_t CountRows(Database& db, const std::string& table) {
-    absl::StatusOr<Result> result = Run(db, "SELECT count(*) FROM " + table);
+    absl::StatusOr<Result> result =
+        RunQuery(db, "SELECT count(*) FROM " + table);
     EXPECT_TRUE(result.ok()) << result.status();
     if (!result.ok()) return -1;
     return result->batches[0].columns(0).int64s().values(0);
@@ -131,8 +100,8 @@ TEST_F(SqliteDatabaseTest, TypedColumnsAndNulls) {
   EXPECT_EQ(inserted->rows_affected, 3);
   EXPECT_EQ(inserted->last_insert_id, 3);
 
-  absl::StatusOr<Result> result =
-      Run(*db, "SELECT id, r, s, b, z, id * 2 AS twice FROM t ORDER BY id");
+  absl::StatusOr<Result> result = RunQuery(
+      *db, "SELECT id, r, s, b, z, id * 2 AS twice FROM t ORDER BY id");
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->batches.size(), 1u);
   EXPECT_THAT(result->more, ElementsAre(false));
@@ -190,7 +159,8 @@ TEST_F(SqliteDatabaseTest, MixedStorageClassesTravelAsValues) {
   ASSERT_NE(db, nullptr);
   Exec(*db, "CREATE TABLE m(v)");
   Exec(*db, "INSERT INTO m VALUES (NULL), (1), (2.5), ('x'), (x'01'), (7)");
-  absl::StatusOr<Result> result = Run(*db, "SELECT v FROM m ORDER BY rowid");
+  absl::StatusOr<Result> result =
+      RunQuery(*db, "SELECT v FROM m ORDER BY rowid");
   ASSERT_TRUE(result.ok()) << result.status();
   const v1::ColumnVector& v = result->batches[0].columns(0);
   ASSERT_EQ(v.values_case(), v1::ColumnVector::kMixed);
@@ -208,7 +178,7 @@ TEST_F(SqliteDatabaseTest, MixedStorageClassesTravelAsValues) {
 
   // A batch holding one class of the same column is typed again.
   absl::StatusOr<Result> batched =
-      Run(*db, "SELECT v FROM m ORDER BY rowid", {}, /*max_rows=*/2);
+      RunQuery(*db, "SELECT v FROM m ORDER BY rowid", {}, /*max_rows=*/2);
   ASSERT_TRUE(batched.ok()) << batched.status();
   ASSERT_EQ(batched->batches.size(), 3u);
   EXPECT_EQ(batched->batches[0].columns(0).values_case(),
@@ -224,7 +194,7 @@ TEST_F(SqliteDatabaseTest, InvalidUtf8TextTravelsAsBlob) {
   std::unique_ptr<Database> db = OpenFile();
   ASSERT_NE(db, nullptr);
   absl::StatusOr<Result> result =
-      Run(*db, "SELECT CAST(x'ff41' AS TEXT), 'h\xc3\xa9'");
+      RunQuery(*db, "SELECT CAST(x'ff41' AS TEXT), 'h\xc3\xa9'");
   ASSERT_TRUE(result.ok()) << result.status();
   const v1::RowBatch& batch = result->batches[0];
   ASSERT_EQ(batch.columns(0).values_case(), v1::ColumnVector::kBlobs);
@@ -240,7 +210,8 @@ constexpr char kCount2500[] =
 TEST_F(SqliteDatabaseTest, BatchesByRows) {
   std::unique_ptr<Database> db = OpenFile();
   ASSERT_NE(db, nullptr);
-  absl::StatusOr<Result> result = Run(*db, kCount2500, {}, /*max_rows=*/1000);
+  absl::StatusOr<Result> result =
+      RunQuery(*db, kCount2500, {}, /*max_rows=*/1000);
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->batches.size(), 3u);
   EXPECT_EQ(result->batches[0].row_count(), 1000);
@@ -259,16 +230,16 @@ TEST_F(SqliteDatabaseTest, BatchesByRows) {
 
   // An exact multiple ends with the last full batch, not an empty one.
   absl::StatusOr<Result> exact =
-      Run(*db,
-          "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
-          "WHERE x < 2000) SELECT x FROM c",
-          {}, 1000);
+      RunQuery(*db,
+               "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+               "WHERE x < 2000) SELECT x FROM c",
+               {}, 1000);
   ASSERT_TRUE(exact.ok()) << exact.status();
   EXPECT_THAT(exact->more, ElementsAre(true, false));
   EXPECT_EQ(exact->rows, 2000);
 
   // An empty result: one empty batch, columns present but without vectors.
-  absl::StatusOr<Result> empty = Run(*db, "SELECT 1 AS one WHERE 0");
+  absl::StatusOr<Result> empty = RunQuery(*db, "SELECT 1 AS one WHERE 0");
   ASSERT_TRUE(empty.ok()) << empty.status();
   ASSERT_EQ(empty->batches.size(), 1u);
   EXPECT_EQ(empty->batches[0].row_count(), 0);
@@ -281,10 +252,10 @@ TEST_F(SqliteDatabaseTest, BatchesByBytes) {
   ASSERT_NE(db, nullptr);
   // 100 rows of 100 characters; about 102 bytes a row on the wire.
   absl::StatusOr<Result> result =
-      Run(*db,
-          "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
-          "WHERE x < 100) SELECT printf('%0100d', x) FROM c",
-          {}, /*max_rows=*/1000, /*max_bytes=*/1000);
+      RunQuery(*db,
+               "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+               "WHERE x < 100) SELECT printf('%0100d', x) FROM c",
+               {}, /*max_rows=*/1000, /*max_bytes=*/1000);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->rows, 100);
   ASSERT_EQ(result->batches.size(), 10u);
@@ -296,8 +267,8 @@ TEST_F(SqliteDatabaseTest, BatchesByBytes) {
 
   // A row bigger than max_bytes still travels, alone.
   absl::StatusOr<Result> big =
-      Run(*db, "SELECT zeroblob(5000) UNION ALL SELECT zeroblob(5000)", {},
-          1000, 1000);
+      RunQuery(*db, "SELECT zeroblob(5000) UNION ALL SELECT zeroblob(5000)", {},
+               1000, 1000);
   ASSERT_TRUE(big.ok()) << big.status();
   ASSERT_EQ(big->batches.size(), 2u);
   EXPECT_EQ(big->batches[0].row_count(), 1);
@@ -324,9 +295,9 @@ TEST_F(SqliteDatabaseTest, PositionalAndNamedParams) {
   (*named.mutable_named())["id"] = Int(7);
   (*named.mutable_named())["@name"] = Text("seven");
   (*named.mutable_named())["unused"] = Int(0);  // ignored
-  absl::StatusOr<Result> result =
-      Run(*db, "SELECT name, flag, data FROM p WHERE id = :id AND name = @name",
-          named);
+  absl::StatusOr<Result> result = RunQuery(
+      *db, "SELECT name, flag, data FROM p WHERE id = :id AND name = @name",
+      named);
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->rows, 1);
   EXPECT_EQ(result->batches[0].columns(0).texts().values(0), "seven");
@@ -336,7 +307,8 @@ TEST_F(SqliteDatabaseTest, PositionalAndNamedParams) {
 
   v1::Params dollar;
   (*dollar.mutable_named())["id"] = Int(8);
-  result = Run(*db, "SELECT flag, data, $id FROM p WHERE id = $id", dollar);
+  result =
+      RunQuery(*db, "SELECT flag, data, $id FROM p WHERE id = $id", dollar);
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->rows, 1);
   EXPECT_EQ(result->batches[0].columns(0).values_case(),
@@ -346,7 +318,7 @@ TEST_F(SqliteDatabaseTest, PositionalAndNamedParams) {
 
   v1::Params positional;
   *positional.add_positional() = Int(8);
-  result = Run(*db, "SELECT name FROM p WHERE id = ?", positional);
+  result = RunQuery(*db, "SELECT name FROM p WHERE id = ?", positional);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->batches[0].columns(0).texts().values(0), "eight");
 }
@@ -383,7 +355,7 @@ TEST_F(SqliteDatabaseTest, WrongParamsAreInvalidArgument) {
   EXPECT_THAT(executed.status().message(), HasSubstr("one statement"));
 
   // Nothing of the refused script ran.
-  EXPECT_FALSE(Run(*db, "SELECT * FROM x").ok());
+  EXPECT_FALSE(RunQuery(*db, "SELECT * FROM x").ok());
 
   // The pool is whole after the failures.
   EXPECT_EQ(db->Stats().in_use(), 0);
@@ -432,7 +404,7 @@ TEST_F(SqliteDatabaseTest, WritingQueryRunsOnTheWriter) {
   v1::Params params;
   *params.add_positional() = Text("hello");
   absl::StatusOr<Result> result =
-      Run(*db, "INSERT INTO w(v) VALUES (?) RETURNING id, v", params);
+      RunQuery(*db, "INSERT INTO w(v) VALUES (?) RETURNING id, v", params);
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->rows, 1);
   EXPECT_EQ(result->batches[0].columns(0).int64s().values(0), 1);
@@ -443,7 +415,7 @@ TEST_F(SqliteDatabaseTest, WritingQueryRunsOnTheWriter) {
 TEST_F(SqliteDatabaseTest, ReadersSeeCommittedWritesInWal) {
   std::unique_ptr<Database> db = OpenFile();
   ASSERT_NE(db, nullptr);
-  absl::StatusOr<Result> mode = Run(*db, "PRAGMA journal_mode");
+  absl::StatusOr<Result> mode = RunQuery(*db, "PRAGMA journal_mode");
   ASSERT_TRUE(mode.ok()) << mode.status();
   EXPECT_EQ(mode->batches[0].columns(0).texts().values(0), "wal");
 
@@ -584,7 +556,7 @@ TEST_F(SqliteDatabaseTest, CancelInterruptsARunningQuery) {
   cursor->reset();
 
   // The interrupted backend serves the next query.
-  absl::StatusOr<Result> next = Run(*db, "SELECT 42");
+  absl::StatusOr<Result> next = RunQuery(*db, "SELECT 42");
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_EQ(next->batches[0].columns(0).int64s().values(0), 42);
 
@@ -736,7 +708,7 @@ TEST_F(SqliteDatabaseTest, InMemoryDatabaseSharesStateAcrossCalls) {
     Exec(*db, "INSERT INTO t VALUES (1), (2)");
     EXPECT_EQ(CountRows(*db, "t"), 2);
     absl::StatusOr<Result> returning =
-        Run(*db, "INSERT INTO t VALUES (3) RETURNING a");
+        RunQuery(*db, "INSERT INTO t VALUES (3) RETURNING a");
     ASSERT_TRUE(returning.ok()) << returning.status();
     EXPECT_EQ(CountRows(*db, "t"), 3);
     v1::PoolStats stats = db->Stats();

@@ -1,0 +1,62 @@
+// Helpers the driver tests share: run a statement to completion, or a query
+// to its end with every batch kept, through the blocking helpers of the
+// Database contract (ExecuteNow, QueryNow).
+#ifndef CONNBROKER_TESTS_UNIT_DATABASE_TEST_UTIL_H_
+#define CONNBROKER_TESTS_UNIT_DATABASE_TEST_UTIL_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "gtest/gtest.h"
+#include "server/drivers/database.h"
+
+namespace connbroker::server {
+
+// Runs `sql`; fails the test (naming the SQL) when it fails.
+inline void Exec(Database& db, const std::string& sql,
+                 const v1::Params& params = {}) {
+  absl::StatusOr<ExecuteResult> result = ExecuteNow(db, sql, params);
+  ASSERT_TRUE(result.ok()) << sql << ": " << result.status();
+}
+
+// Everything a query returned: the batches, each Next's "more", the schema.
+struct QueryOutput {
+  std::vector<v1::RowBatch> batches;
+  std::vector<bool> more;
+  v1::Schema schema;
+  int64_t rows = 0;
+};
+
+// Runs `sql` to the end in batches of `max_rows` / `max_bytes`.
+inline absl::StatusOr<QueryOutput> RunQuery(Database& db,
+                                            const std::string& sql,
+                                            const v1::Params& params = {},
+                                            int max_rows = 1000,
+                                            size_t max_bytes = 1 << 20) {
+  absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
+      QueryNow(db, sql, params);
+  if (!cursor.ok()) return cursor.status();
+  QueryOutput output;
+  while (true) {
+    v1::RowBatch batch;
+    absl::StatusOr<bool> more = (*cursor)->Next(max_rows, max_bytes, &batch);
+    if (!more.ok()) return more.status();
+    output.rows += batch.row_count();
+    output.batches.push_back(std::move(batch));
+    output.more.push_back(*more);
+    if (!*more) break;
+    if (output.batches.size() > 100000) return absl::InternalError("loop");
+  }
+  output.schema = (*cursor)->schema();
+  return output;
+}
+
+}  // namespace connbroker::server
+
+#endif  // CONNBROKER_TESTS_UNIT_DATABASE_TEST_UTIL_H_
