@@ -102,6 +102,19 @@ TEST_P(NetworkDatabaseTest, DeadlineCancelsTheStatementOnTheServer) {
   EXPECT_EQ(std::get<int64_t>(next->cell(0, 0)), 7);
 }
 
+TEST_P(NetworkDatabaseTest, ExecuteHonoursTheDeadlineToo) {
+  absl::StatusOr<std::unique_ptr<Client>> impatient = Client::Create(
+      {.target = daemon_->target(), .default_deadline = absl::Seconds(1)});
+  ASSERT_TRUE(impatient.ok()) << impatient.status();
+  absl::StatusOr<Connection> db = (*impatient)->Connect({.name = "db"});
+  ASSERT_TRUE(db.ok()) << db.status();
+  absl::StatusOr<connbroker::ExecuteResult> slept = db->Execute(sleep_sql_);
+  ASSERT_FALSE(slept.ok());
+  EXPECT_EQ(slept.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(ObserveUntil(count_sleeping_sql_, 0, absl::Seconds(5)), 0);
+  EXPECT_TRUE(db->Execute("SELECT 1").ok());
+}
+
 TEST_P(NetworkDatabaseTest, AKilledClientFreesItsBackend) {
   ChildProcess client({CONNBROKER_CLI_PATH, "query", "db", sleep_sql_},
                       {{"CONNBROKER_TARGET", daemon_->target()}}, data_.path(),
