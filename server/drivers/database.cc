@@ -59,6 +59,13 @@ std::string SqlStateOf(const absl::Status& status) {
   return payload.has_value() ? std::string(*payload) : std::string();
 }
 
+absl::Status TransactionLeftOpenError() {
+  return absl::FailedPreconditionError(
+      "the statement left a transaction open; it was rolled back (one-shot "
+      "Execute commits each call on its own: send BEGIN ... COMMIT in one "
+      "script, or use a session for transactions)");
+}
+
 void AddPoolCounters(const BackendPoolCounters& counters, PoolStats* stats) {
   stats->set_open(stats->open() + counters.open);
   stats->set_in_use(stats->in_use() + counters.in_use);

@@ -132,6 +132,10 @@ absl::StatusOr<ExecuteResult> ExecuteNow(Database& database,
 absl::Status WithSqlState(absl::Status status, absl::string_view sqlstate);
 std::string SqlStateOf(const absl::Status& status);
 
+// What Execute answers after rolling back a transaction the statement left
+// open (see Database::Execute).
+absl::Status TransactionLeftOpenError();
+
 // Adds a pool's counters to `stats` (a connection with several pools, as
 // SQLite's writer and readers, reports their sum).
 void AddPoolCounters(const BackendPoolCounters& counters, PoolStats* stats);

@@ -61,6 +61,7 @@
 #include "server/drivers/backend_pool.h"
 #include "server/drivers/cancel_signal.h"
 #include "server/drivers/column_builder.h"
+#include "server/drivers/single_pool_database.h"
 
 namespace connbroker::server {
 namespace {
@@ -1330,30 +1331,16 @@ class MysqlCursor : public ResultCursor {
 // ---------------------------------------------------------------------------
 // Database
 
-class MysqlDatabase : public Database {
+class MysqlDatabase : public SinglePoolDatabase<MysqlBackend> {
  public:
   MysqlDatabase(std::shared_ptr<const Target> target,
                 std::shared_ptr<Pool> pool)
-      : target_(std::move(target)), pool_(std::move(pool)) {}
-
-  ~MysqlDatabase() override {
-    // Idle backends close now; cursors still alive keep the pool (shared)
-    // and close their backend when they end.
-    pool_->Close();
-  }
-
-  void Reserve(Access /*access*/, CancelSignal* cancel,
-               ReserveCallback ready) override {
-    pool_->Reserve(cancel, std::move(ready));
-  }
+      : SinglePoolDatabase(std::move(pool)), target_(std::move(target)) {}
 
   absl::StatusOr<std::unique_ptr<ResultCursor>> Query(
       const std::string& sql, const v1::Params& params, Reservation slot,
       CancelSignal* cancel) override {
-    if (slot.source() != pool_.get()) {
-      return absl::InvalidArgumentError(
-          "the reservation does not belong to this connection");
-    }
+    if (!Owns(slot)) return NotOurs();
     absl::StatusOr<BoundSql> bound = ResolveParams(sql, params);
     if (!bound.ok()) return bound.status();
     if (IsCancelled(cancel)) return CancelledStatus();
@@ -1419,10 +1406,7 @@ class MysqlDatabase : public Database {
                                         const v1::Params& params,
                                         Reservation slot,
                                         CancelSignal* cancel) override {
-    if (slot.source() != pool_.get()) {
-      return absl::InvalidArgumentError(
-          "the reservation does not belong to this connection");
-    }
+    if (!Owns(slot)) return NotOurs();
     absl::StatusOr<BoundSql> bound = ResolveParams(sql, params);
     if (!bound.ok()) return bound.status();
     if (IsCancelled(cancel)) return CancelledStatus();
@@ -1449,25 +1433,9 @@ class MysqlDatabase : public Database {
       // The write is not acknowledged, so it must not survive either: a
       // later user of this backend would commit it unknowingly.
       if (mysql_rollback(m) != 0) lease->MarkBroken();
-      return absl::FailedPreconditionError(
-          "the statement left a transaction open; it was rolled back "
-          "(one-shot Execute commits each statement; use a session for "
-          "transactions)");
+      return TransactionLeftOpenError();
     }
     return result;
-  }
-
-  int Reset() override { return pool_->Reset(); }
-
-  void Maintain() override {
-    pool_->CloseIdle(absl::Now());
-    pool_->FillMinIdle();
-  }
-
-  PoolStats Stats() const override {
-    PoolStats stats;
-    AddPoolCounters(pool_->Stats(), &stats);
-    return stats;
   }
 
  private:
@@ -1560,7 +1528,6 @@ class MysqlDatabase : public Database {
   }
 
   const std::shared_ptr<const Target> target_;
-  const std::shared_ptr<Pool> pool_;
 };
 
 }  // namespace

@@ -72,6 +72,7 @@
 #include "server/drivers/backend_pool.h"
 #include "server/drivers/cancel_signal.h"
 #include "server/drivers/column_builder.h"
+#include "server/drivers/single_pool_database.h"
 
 namespace connbroker::server {
 namespace postgres_internal {
@@ -1659,21 +1660,10 @@ class PgCursor : public ResultCursor {
 // ---------------------------------------------------------------------------
 // Database
 
-class PostgresDatabase : public Database {
+class PostgresDatabase : public SinglePoolDatabase<PgBackend> {
  public:
   explicit PostgresDatabase(std::shared_ptr<Pool> pool)
-      : pool_(std::move(pool)) {}
-
-  ~PostgresDatabase() override {
-    // Idle backends close now; cursors still alive keep the pool (shared)
-    // and close their backend when they end.
-    pool_->Close();
-  }
-
-  void Reserve(Access access, CancelSignal* cancel,
-               ReserveCallback ready) override {
-    pool_->Reserve(cancel, std::move(ready));
-  }
+      : SinglePoolDatabase(std::move(pool)) {}
 
   absl::StatusOr<std::unique_ptr<ResultCursor>> Query(
       const std::string& sql, const v1::Params& params, Reservation slot,
@@ -1779,37 +1769,12 @@ class PostgresDatabase : public Database {
       if (!RunOwn(backend, "ROLLBACK", {}, backend.io_timeout).ok()) {
         lease.MarkBroken();
       }
-      return absl::FailedPreconditionError(
-          "the statement left a transaction open; it was rolled back "
-          "(one-shot Execute commits each statement; use a session for "
-          "transactions)");
+      return TransactionLeftOpenError();
     }
     return result;
   }
 
-  int Reset() override { return pool_->Reset(); }
-
-  void Maintain() override {
-    pool_->CloseIdle(absl::Now());
-    pool_->FillMinIdle();
-  }
-
-  PoolStats Stats() const override {
-    PoolStats stats;
-    AddPoolCounters(pool_->Stats(), &stats);
-    return stats;
-  }
-
  private:
-  absl::StatusOr<Lease> ClaimOwn(Reservation slot) {
-    if (!slot || slot.source() != pool_.get()) {
-      return absl::InternalError(
-          "the reservation is not one of this PostgreSQL connection's");
-    }
-    return pool_->Claim(std::move(slot));
-  }
-
-  const std::shared_ptr<Pool> pool_;
 };
 
 }  // namespace

@@ -673,10 +673,7 @@ class SqliteDatabase : public Database {
         RunScript(*lease, sql, params, has_params, cancel);
     if (result.ok() && !sqlite3_get_autocommit(db)) {
       // RecycleBackend rolls it back as the lease goes.
-      return absl::FailedPreconditionError(
-          "the statement left a transaction open; it was rolled back "
-          "(Execute commits each call on its own: send BEGIN ... COMMIT "
-          "in one script)");
+      return TransactionLeftOpenError();
     }
     return result;
   }
