@@ -126,6 +126,44 @@ TEST_P(NetworkDatabaseTest, AKilledClientFreesItsBackend) {
   EXPECT_TRUE(Connect("db").Query("SELECT 1").ok());
 }
 
+TEST_P(NetworkDatabaseTest, AClientKilledMidStreamFreesItsBackend) {
+  // 50M rows: far more than the client reads before it dies.
+  const std::string stream_mark = mark_ + "-stream";
+  const std::string sql =
+      GetParam() == "postgresql"
+          ? absl::StrCat("SELECT g, '", stream_mark,
+                         "' AS mark FROM generate_series(1, 50000000) g")
+          : absl::StrCat("SELECT seq, '", stream_mark,
+                         "' AS mark FROM seq_1_to_50000000");
+  const std::string count_streaming =
+      GetParam() == "postgresql"
+          ? absl::StrCat(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND pid <> pg_backend_pid() AND query LIKE '%",
+                stream_mark, "%'")
+          : absl::StrCat(
+                "SELECT count(*) FROM information_schema.processlist WHERE "
+                "id <> CONNECTION_ID() AND info LIKE '%",
+                stream_mark, "%'");
+  ChildProcess client(
+      {CONNBROKER_CLI_PATH, "query", "db", sql, "--format", "csv"},
+      {{"CONNBROKER_TARGET", daemon_->target()}}, data_.path(), "");
+  // The statement is running and its rows flowing to the client.
+  ASSERT_EQ(ObserveUntil(count_streaming, 1, absl::Seconds(10)), 1);
+  client.Signal(SIGKILL);
+  client.Wait();
+  EXPECT_EQ(ObserveUntil(count_streaming, 0, absl::Seconds(5)), 0);
+  // The backend came back to the pool, clean.
+  const absl::Time give_up = absl::Now() + absl::Seconds(5);
+  while (PoolOf("db").in_use() != 0 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(PoolOf("db").in_use(), 0);
+  absl::StatusOr<Result> next = Connect("db").Query("SELECT 5");
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(std::get<int64_t>(next->cell(0, 0)), 5);
+}
+
 TEST_P(NetworkDatabaseTest, AFullPoolAnswersResourceExhaustedNamingIt) {
   Connection small = Connect("small");
   // Holds the only backend of "small".
