@@ -77,7 +77,14 @@ int Usage(absl::string_view message) {
 int Failure(const absl::Status& status) {
   std::cout.flush();
   std::cerr << "connbroker: " << absl::StatusCodeToString(status.code()) << ": "
-            << status.message() << "\n";
+            << status.message();
+  std::optional<v1::ErrorDetail> detail = ErrorDetailOf(status);
+  if (detail.has_value() && !detail->sqlstate().empty()) {
+    // PostgreSQL's messages may end in a caret line under the SQL.
+    std::cerr << (absl::StrContains(status.message(), '\n') ? "\n" : " ")
+              << "(SQLSTATE " << detail->sqlstate() << ")";
+  }
+  std::cerr << "\n";
   return 1;
 }
 

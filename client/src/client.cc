@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/random/random.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
@@ -35,7 +36,10 @@ std::string RandomSessionId() {
                          absl::Uniform<uint64_t>(gen));
 }
 
-std::optional<v1::ErrorDetail> ErrorDetailOf(
+// Where ErrorDetailOf(absl::Status) finds the daemon's detail.
+constexpr char kErrorDetailPayload[] = "connbroker.v1/ErrorDetail";
+
+std::optional<v1::ErrorDetail> TrailerDetail(
     const grpc::ClientContext& context) {
   const auto& trailers = context.GetServerTrailingMetadata();
   auto it = trailers.find(kErrorDetailKey);
@@ -53,7 +57,7 @@ std::optional<v1::ErrorDetail> ErrorDetailOf(
 bool IsUnknownHandle(const grpc::Status& status,
                      const grpc::ClientContext& context) {
   if (status.error_code() != grpc::StatusCode::NOT_FOUND) return false;
-  std::optional<v1::ErrorDetail> detail = ErrorDetailOf(context);
+  std::optional<v1::ErrorDetail> detail = TrailerDetail(context);
   return detail.has_value() &&
          detail->reason() == v1::ErrorDetail::UNKNOWN_HANDLE;
 }
@@ -97,6 +101,14 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
   // gRPC's codes are numbered as absl's (both follow google.rpc.Code).
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                       status.error_message());
+}
+
+std::optional<v1::ErrorDetail> ErrorDetailOf(const absl::Status& status) {
+  absl::optional<absl::Cord> payload = status.GetPayload(kErrorDetailPayload);
+  if (!payload.has_value()) return std::nullopt;
+  v1::ErrorDetail detail;
+  if (!detail.ParseFromString(std::string(*payload))) return std::nullopt;
+  return detail;
 }
 
 std::string DefaultTarget() {
@@ -144,12 +156,18 @@ class ClientCore {
   // UNAVAILABLE the daemon itself sent (a database down) keeps its own.
   absl::Status MapError(const grpc::Status& status,
                         const grpc::ClientContext& context) const {
+    std::optional<v1::ErrorDetail> detail = TrailerDetail(context);
     if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-        !ErrorDetailOf(context).has_value() &&
+        !detail.has_value() &&
         channel_->GetState(/*try_to_connect=*/false) != GRPC_CHANNEL_READY) {
       return Unreachable(status.error_message());
     }
-    return FromGrpcStatus(status);
+    absl::Status mapped = FromGrpcStatus(status);
+    if (detail.has_value()) {
+      mapped.SetPayload(kErrorDetailPayload,
+                        absl::Cord(detail->SerializeAsString()));
+    }
+    return mapped;
   }
 
   absl::Status Unreachable(absl::string_view why) const {

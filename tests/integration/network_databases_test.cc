@@ -80,7 +80,25 @@ TEST_P(NetworkDatabaseTest, TypedValuesAndParametersRoundTrip) {
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(bad.status().message(), HasSubstr("syntax"));
+  std::optional<v1::ErrorDetail> detail = ErrorDetailOf(bad.status());
+  ASSERT_TRUE(detail.has_value());
+  EXPECT_EQ(detail->reason(), v1::ErrorDetail::SQL);
+  EXPECT_FALSE(detail->retryable());
+  EXPECT_EQ(detail->sqlstate(), GetParam() == "postgresql" ? "42601" : "42000");
   EXPECT_TRUE(db.Query("SELECT 1").ok());
+
+  // A constraint: the same, with the constraint's SQLSTATE, in the CLI too.
+  ASSERT_TRUE(db.Execute(absl::StrCat("CREATE UNIQUE INDEX ", table, "_id ON ",
+                                      table, " (id)"))
+                  .ok());
+  ProcessResult duplicate =
+      daemon_->Cli({"execute", "db",
+                    absl::StrCat("INSERT INTO ", table, " (id) VALUES (1)")});
+  EXPECT_EQ(duplicate.exit_code, 1);
+  EXPECT_THAT(duplicate.err, HasSubstr("INVALID_ARGUMENT"));
+  EXPECT_THAT(duplicate.err,
+              HasSubstr(GetParam() == "postgresql" ? "(SQLSTATE 23505)"
+                                                   : "(SQLSTATE 23000)"));
 }
 
 TEST_P(NetworkDatabaseTest, DeadlineCancelsTheStatementOnTheServer) {

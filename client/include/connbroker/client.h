@@ -35,6 +35,12 @@ std::string DefaultTarget();
 // Turns a gRPC status into an absl::Status with the same code and message.
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
+// The daemon's machine-readable account of an error a call returned: why
+// (SQL, BACKEND, POOL_EXHAUSTED, ...), whether trying again may help, and the
+// database's SQLSTATE where it has one ("42601", "23505", ...). nullopt for
+// errors the daemon did not explain (the transport's own, say).
+std::optional<v1::ErrorDetail> ErrorDetailOf(const absl::Status& status);
+
 // The option structs below are meant for designated initialisers
 // (`{.name = "db"}`); every member has an initialiser, so skipping members
 // draws no -Wmissing-field-initializers warning.
