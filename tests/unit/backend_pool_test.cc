@@ -109,8 +109,8 @@ TEST(BackendPoolTest, AFailedOpenBacksOffThenRecovers) {
   Counters counters;
   std::shared_ptr<Pool> pool =
       MakePool(&counters, {.pool_size = 1,
-                           .backoff_initial = absl::Milliseconds(200),
-                           .backoff_max = absl::Milliseconds(200)});
+                           .backoff_initial = absl::Seconds(2),
+                           .backoff_max = absl::Seconds(2)});
   counters.refuse_opens = true;
   absl::StatusOr<Pool::Lease> refused = pool->Acquire();
   ASSERT_FALSE(refused.ok());
@@ -123,8 +123,9 @@ TEST(BackendPoolTest, AFailedOpenBacksOffThenRecovers) {
   EXPECT_EQ(counters.opened.load(), 0);
   EXPECT_EQ(pool->Stats().connect_failures, 1);
   EXPECT_EQ(pool->Stats().in_use, 0);  // failed claims give their slot back
-  // Once it passes, the next claim opens and the pool recovers.
-  const absl::Time give_up = absl::Now() + absl::Seconds(5);
+  // Once it passes (1-3 s with jitter), the next claim opens and the pool
+  // recovers.
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
   absl::StatusOr<Pool::Lease> recovered = pool->Acquire();
   while (!recovered.ok() && absl::Now() < give_up) {
     absl::SleepFor(absl::Milliseconds(50));
