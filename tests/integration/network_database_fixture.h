@@ -217,6 +217,20 @@ class NetworkDatabaseTest : public ::testing::TestWithParam<std::string> {
     return seen;
   }
 
+  // Polls until no backend of `name` is in use (the daemon settles a
+  // cancelled backend after the server already dropped the statement), or
+  // `bound` passes; returns how many are in use then.
+  int InUseAfterSettling(const std::string& name,
+                         absl::Duration bound = absl::Seconds(5)) {
+    const absl::Time give_up = absl::Now() + bound;
+    int in_use = PoolOf(name).in_use();
+    while (in_use != 0 && absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(20));
+      in_use = PoolOf(name).in_use();
+    }
+    return in_use;
+  }
+
   // The pool of the live connection named `name`.
   v1::PoolStats PoolOf(const std::string& name) {
     absl::StatusOr<v1::ListConnectionsResponse> list =

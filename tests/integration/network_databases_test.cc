@@ -113,8 +113,7 @@ TEST_P(NetworkDatabaseTest, DeadlineCancelsTheStatementOnTheServer) {
   EXPECT_EQ(ObserveUntil(count_sleeping_sql_, 0, absl::Seconds(5)), 0);
   EXPECT_LT(absl::Now() - start, absl::Seconds(15));
   // And the backend went back to the pool clean.
-  v1::PoolStats pool = PoolOf("db");
-  EXPECT_EQ(pool.in_use(), 0);
+  EXPECT_EQ(InUseAfterSettling("db"), 0);
   absl::StatusOr<Result> next = db.Query("SELECT 7");
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_EQ(std::get<int64_t>(next->cell(0, 0)), 7);
@@ -172,11 +171,7 @@ TEST_P(NetworkDatabaseTest, AClientKilledMidStreamFreesItsBackend) {
   client.Wait();
   EXPECT_EQ(ObserveUntil(count_streaming, 0, absl::Seconds(5)), 0);
   // The backend came back to the pool, clean.
-  const absl::Time give_up = absl::Now() + absl::Seconds(5);
-  while (PoolOf("db").in_use() != 0 && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  EXPECT_EQ(PoolOf("db").in_use(), 0);
+  EXPECT_EQ(InUseAfterSettling("db"), 0);
   absl::StatusOr<Result> next = Connect("db").Query("SELECT 5");
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_EQ(std::get<int64_t>(next->cell(0, 0)), 5);

@@ -98,11 +98,11 @@ TEST_P(NetworkDatabaseTest, AServerRestartUnderLoadRecoversWithoutLeaks) {
   // No backend leaked: the server counts no more sessions of "load" than
   // its pool may hold (pool_size 2 + max_overflow 2), and the daemon's
   // pool agrees with the server.
+  EXPECT_EQ(InUseAfterSettling("load"), 0);
   const int64_t sessions = Observe(backend_.count_load_sessions_sql);
   EXPECT_LE(sessions, 4);
   v1::PoolStats pool = PoolOf("load");
   EXPECT_EQ(pool.open(), sessions);
-  EXPECT_EQ(pool.in_use(), 0);
   EXPECT_GE(pool.opened_total(), 2);
 }
 
