@@ -441,15 +441,6 @@ std::string ConnectionSpec::CanonicalKey() const {
 absl::StatusOr<ConnectionSpec> ResolveSpec(const ConnectArgs& args,
                                            const Secrets& secrets,
                                            const EnvLookup& env,
-                                           const PoolSettings& pool_defaults) {
-  BrokerSettings settings;
-  settings.pool = pool_defaults;
-  return ResolveSpec(args, secrets, env, settings);
-}
-
-absl::StatusOr<ConnectionSpec> ResolveSpec(const ConnectArgs& args,
-                                           const Secrets& secrets,
-                                           const EnvLookup& env,
                                            const BrokerSettings& settings) {
   ConnectionSpec spec;
 

@@ -365,12 +365,6 @@ TEST(ResolveSpecTest, CreateEngineKwargsMapToPool) {
   spec = Resolve({"local", "sql", {}}, TestSecrets(), MapEnv({}), settings);
   ASSERT_TRUE(spec.ok());
   EXPECT_EQ(spec->pool, settings.pool);
-
-  // The old overload takes the pool defaults alone.
-  spec = ResolveSpec({"local", "sql", {}}, TestSecrets(), MapEnv({}),
-                     settings.pool);
-  ASSERT_TRUE(spec.ok());
-  EXPECT_EQ(spec->pool, settings.pool);
 }
 
 TEST(ResolveSpecTest, PoolRecycleMinusOneMeansNever) {
@@ -713,10 +707,6 @@ TEST(AdHocTest, RefusedByDefault) {
   Secrets none = Secrets::FromSections({{"other", {}}});
   absl::StatusOr<ConnectionSpec> spec =
       Resolve({"sql", "", {{"url", std::string("sqlite://")}}}, none);
-  EXPECT_EQ(spec.status().code(), absl::StatusCode::kPermissionDenied);
-  // The old overload never allows them.
-  spec = ResolveSpec({"x", "sql", {{"url", std::string("sqlite://")}}},
-                     TestSecrets(), MapEnv({}), PoolSettings{});
   EXPECT_EQ(spec.status().code(), absl::StatusCode::kPermissionDenied);
   // A name with nothing to connect to is still NOT_FOUND (a typo, not an
   // attempt).

@@ -120,13 +120,6 @@ absl::StatusOr<ConnectionSpec> ResolveSpec(const ConnectArgs& args,
                                            const EnvLookup& env,
                                            const BrokerSettings& settings);
 
-// The same with only pool defaults, and so with ad-hoc connections refused.
-// Kept until server/broker.cc passes its BrokerSettings.
-absl::StatusOr<ConnectionSpec> ResolveSpec(const ConnectArgs& args,
-                                           const Secrets& secrets,
-                                           const EnvLookup& env,
-                                           const PoolSettings& pool_defaults);
-
 // Canonical type name for `type` (aliases applied), or the error above.
 absl::StatusOr<std::string> CanonicalType(const std::string& type);
 
