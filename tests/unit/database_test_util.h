@@ -1,6 +1,6 @@
-// Helpers the driver tests share: run a statement to completion, or a query
-// to its end with every batch kept, through the blocking helpers of the
-// Database contract (ExecuteNow, QueryNow).
+// Helpers the driver tests share: parameter values, running a statement to
+// completion, or a query to its end with every batch kept, through the blocking
+// helpers of the Database contract (ExecuteNow, QueryNow).
 #ifndef CONNBROKER_TESTS_UNIT_DATABASE_TEST_UTIL_H_
 #define CONNBROKER_TESTS_UNIT_DATABASE_TEST_UTIL_H_
 
@@ -17,6 +17,38 @@
 #include "server/drivers/database.h"
 
 namespace connbroker::server {
+
+// Parameter values, one of each kind.
+inline v1::Value Int(int64_t v) {
+  v1::Value value;
+  value.set_int64_value(v);
+  return value;
+}
+inline v1::Value Double(double v) {
+  v1::Value value;
+  value.set_double_value(v);
+  return value;
+}
+inline v1::Value Text(const std::string& v) {
+  v1::Value value;
+  value.set_text_value(v);
+  return value;
+}
+inline v1::Value Blob(const std::string& v) {
+  v1::Value value;
+  value.set_blob_value(v);
+  return value;
+}
+inline v1::Value Bool(bool v) {
+  v1::Value value;
+  value.set_bool_value(v);
+  return value;
+}
+inline v1::Value Null() {
+  v1::Value value;
+  value.set_null_value(v1::NULL_VALUE);
+  return value;
+}
 
 // Runs `sql`; fails the test (naming the SQL) when it fails.
 inline void Exec(Database& db, const std::string& sql,

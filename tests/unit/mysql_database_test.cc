@@ -37,37 +37,6 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-v1::Value Int(int64_t v) {
-  v1::Value value;
-  value.set_int64_value(v);
-  return value;
-}
-v1::Value Text(const std::string& v) {
-  v1::Value value;
-  value.set_text_value(v);
-  return value;
-}
-v1::Value Blob(const std::string& v) {
-  v1::Value value;
-  value.set_blob_value(v);
-  return value;
-}
-v1::Value Double(double v) {
-  v1::Value value;
-  value.set_double_value(v);
-  return value;
-}
-v1::Value Bool(bool v) {
-  v1::Value value;
-  value.set_bool_value(v);
-  return value;
-}
-v1::Value Null() {
-  v1::Value value;
-  value.set_null_value(v1::NULL_VALUE);
-  return value;
-}
-
 // A SELECT of the integers 1..count as column n, without recursion (the
 // server bounds recursive CTEs by max_recursive_iterations).
 std::string NumbersSql(int count) {

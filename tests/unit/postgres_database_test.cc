@@ -73,37 +73,6 @@ v1::Value Cell(const v1::RowBatch& batch, int column, int row) {
   return value;
 }
 
-v1::Value Int(int64_t v) {
-  v1::Value value;
-  value.set_int64_value(v);
-  return value;
-}
-v1::Value Double(double v) {
-  v1::Value value;
-  value.set_double_value(v);
-  return value;
-}
-v1::Value Text(const std::string& v) {
-  v1::Value value;
-  value.set_text_value(v);
-  return value;
-}
-v1::Value Blob(const std::string& v) {
-  v1::Value value;
-  value.set_blob_value(v);
-  return value;
-}
-v1::Value Bool(bool v) {
-  v1::Value value;
-  value.set_bool_value(v);
-  return value;
-}
-v1::Value Null() {
-  v1::Value value;
-  value.set_null_value(v1::NULL_VALUE);
-  return value;
-}
-
 // A TCP port on 127.0.0.1 nobody listens on (bound, then released).
 int UnusedPort() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);

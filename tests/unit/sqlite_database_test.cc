@@ -67,17 +67,6 @@ class SqliteDatabaseTest : public ::testing::Test {
     return result->batches[0].columns(0).int64s().values(0);
   }
 
-  static v1::Value Int(int64_t v) {
-    v1::Value value;
-    value.set_int64_value(v);
-    return value;
-  }
-  static v1::Value Text(const std::string& v) {
-    v1::Value value;
-    value.set_text_value(v);
-    return value;
-  }
-
   testing::TempDir dir_;
 };
 
