@@ -119,6 +119,11 @@ class SettingsReader {
         absl::StartsWith(key, "security.ad_hoc_hosts.")) {
       return ListEntry(key, "security.ad_hoc_hosts", value, hosts_);
     }
+    if (key == "security.env_names" ||
+        absl::StartsWith(key, "security.env_names.")) {
+      return ListEntry(key, "security.env_names", value, env_names_);
+    }
+    if (absl::StartsWith(key, "limits.")) return Limit(key, value);
     if (key == "query.chunk_rows") {
       return Int(key, value, 1, 1000000, settings_.default_chunk_rows);
     }
@@ -161,6 +166,24 @@ class SettingsReader {
         normal = normal.parent_path();  // "/srv/dbs/" -> "/srv/dbs"
       }
       settings_.ad_hoc_sqlite_dirs.push_back(normal.string());
+    }
+    for (auto& [index, name] : env_names_) {
+      const absl::string_view stem = absl::StripSuffix(name, "*");
+      if (stem.empty() ||
+          stem.find_first_not_of(
+              "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+              "0123456789_") != absl::string_view::npos) {
+        return Error("security.env_names",
+                     absl::StrCat("holds '", name,
+                                  "': expected a variable name, or a prefix "
+                                  "ending in '*'"));
+      }
+      settings_.env_names.push_back(std::move(name));
+    }
+    if (settings_.limits.reserved_files >= settings_.limits.max_open_files) {
+      return Error("limits.reserved_files",
+                   absl::StrCat("must be below limits.max_open_files (",
+                                settings_.limits.max_open_files, ")"));
     }
     for (auto& [index, host] : hosts_) {
       absl::StatusOr<HostPattern> pattern = ParseHostPattern(host);
@@ -233,6 +256,44 @@ class SettingsReader {
     return absl::OkStatus();
   }
 
+  // [limits]: DaemonLimits' fields by name.
+  absl::Status Limit(const std::string& key, const Value& value) {
+    DaemonLimits& limits = settings_.limits;
+    const std::string field = key.substr(7);
+    if (field == "max_connections") {
+      return Int(key, value, 1, 100000, limits.max_connections);
+    }
+    if (field == "max_handles") {
+      return Int(key, value, 1, 10000000, limits.max_handles);
+    }
+    if (field == "handle_idle_timeout") {
+      absl::Duration d;
+      if (absl::Status s = Duration(key, value, d); !s.ok()) return s;
+      if (d < absl::Seconds(1)) return Error(key, "must be at least 1s");
+      limits.handle_idle_timeout = d;
+      return absl::OkStatus();
+    }
+    if (field == "max_connection_caches") {
+      return Int(key, value, 1, 100000, limits.max_connection_caches);
+    }
+    if (field == "max_backends") {
+      return Int(key, value, 1, 100000, limits.max_backends);
+    }
+    if (field == "max_open_files") {
+      return Int(key, value, 64, 1048576, limits.max_open_files);
+    }
+    if (field == "reserved_files") {
+      return Int(key, value, 16, 1048576, limits.reserved_files);
+    }
+    if (field == "max_calls_per_connection") {
+      return Int(key, value, 1, 1000000, limits.max_calls_per_connection);
+    }
+    if (field == "max_inflight_result_bytes") {
+      return Int64(key, value, 0, INT64_MAX, limits.max_inflight_result_bytes);
+    }
+    return Unknown(key);
+  }
+
   // [pool]: PoolSettings' own names, SQLAlchemy's pool_* names, and
   // `readers` (the name before pool_size existed).
   absl::Status Pool(const std::string& key, const Value& value) {
@@ -302,6 +363,7 @@ class SettingsReader {
   std::map<size_t, std::string> secrets_;
   std::map<size_t, std::string> sqlite_dirs_;
   std::map<size_t, std::string> hosts_;
+  std::map<size_t, std::string> env_names_;
   // PoolSettings field -> the [pool] key that set it.
   std::map<std::string, std::string> pool_keys_;
 };

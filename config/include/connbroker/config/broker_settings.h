@@ -59,6 +59,34 @@ inline constexpr int kMaxPoolWaiting = 65536;
 absl::Status SetPoolSetting(const std::string& field, const Value& value,
                             const std::string& what, PoolSettings& pool);
 
+// Daemon-wide bounds ([limits] in broker.toml). The defaults fit a 2-core
+// machine serving a few dozen app processes.
+struct DaemonLimits {
+  // Live connections, every cache and session together. Past it an idle
+  // connection (no call running) is evicted to make room; if none is idle,
+  // the Connect is refused.
+  int max_connections = 64;
+  // Handles remembered (live or evicted, every session). Handles of evicted
+  // connections unused for handle_idle_timeout are forgotten first.
+  int max_handles = 4096;
+  absl::Duration handle_idle_timeout = absl::Hours(1);
+  // Distinct (ttl, max_entries) connection caches; an empty one is deleted.
+  int max_connection_caches = 64;
+  // Open backends of every pool together.
+  int max_backends = 128;
+  // Open files of the daemon (its RLIMIT_NOFILE is raised to this when the
+  // hard limit allows). A backend is not opened while fewer than
+  // reserved_files stay free, so client sockets always have room.
+  int max_open_files = 4096;
+  int reserved_files = 256;
+  // Calls running or queued on one connection (Query and Execute).
+  int max_calls_per_connection = 512;
+  // Result memory held for calls in flight: results being collected for the
+  // result cache and shared with identical queries. Past it a result is
+  // streamed without being cached.
+  int64_t max_inflight_result_bytes = 256ll << 20;
+};
+
 struct BrokerSettings {
   std::string listen;  // "unix:/path" or "host:port"; "" = default
   std::vector<std::string> secrets;  // secrets files; empty = discovery
@@ -91,6 +119,16 @@ struct BrokerSettings {
   // MySQL's socket file). Host names match as written, case-insensitively;
   // nothing is resolved through DNS.
   std::vector<std::string> ad_hoc_hosts;
+
+  // Environment variables a client may name as `name = "env:VAR"`: exact
+  // names, or prefixes ending in '*' ("APP_DB_*"). Empty: env: names are
+  // refused. The value is never echoed in a reply either way.
+  std::vector<std::string> env_names;
+
+  // Daemon-wide bounds ([limits]). One client's load must not exhaust what
+  // every client shares; past a bound a new request is RESOURCE_EXHAUSTED
+  // naming it, and what already runs is unaffected.
+  DaemonLimits limits;
 };
 
 // One entry of ad_hoc_hosts, parsed.
@@ -124,7 +162,9 @@ std::optional<std::string> CanonicalIpv6(const std::string& text);
 //   [query]   chunk_rows, batch_bytes, max_attempts
 //   [result_cache] max_bytes, max_entry_bytes
 //   [security] allow_ad_hoc (bool), ad_hoc_sqlite_dirs = [absolute dirs],
-//             ad_hoc_hosts = ["host", "host:port", "/socket/path", ...]
+//             ad_hoc_hosts = ["host", "host:port", "/socket/path", ...],
+//             env_names = ["VAR", "PREFIX_*"]
+//   [limits]  DaemonLimits' fields, by their names (durations as above)
 // Unknown keys and out-of-range values are INVALID_ARGUMENT naming the file
 // and key; syntax errors name file:line:column.
 absl::StatusOr<BrokerSettings> LoadBrokerSettings(const std::string& path);
