@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "connbroker/config/shown.h"
 
 namespace connbroker::config {
 namespace {
@@ -24,6 +25,25 @@ constexpr char kEnvPrefix[] = "env:";
 constexpr char kPluginPrefix[] = "plugin:";
 constexpr char kAllowClientKwargs[] = "allow_client_kwargs";
 constexpr char kAllowAttach[] = "allow_attach";
+// Longest connection name or type a request may carry.
+constexpr size_t kMaxNameBytes = 256;
+
+// Whether `var` matches [security] env_names (exact, or a prefix ending in
+// '*').
+bool EnvNameAllowed(const std::string& var,
+                    const std::vector<std::string>& patterns) {
+  for (const std::string& pattern : patterns) {
+    if (!pattern.empty() && pattern.back() == '*') {
+      if (absl::StartsWith(
+              var, absl::string_view(pattern).substr(0, pattern.size() - 1))) {
+        return true;
+      }
+    } else if (var == pattern) {
+      return true;
+    }
+  }
+  return false;
+}
 
 // The params that say where a connection points. A shared daemon must not be
 // redirected by its clients, so a request may set them only where the
@@ -49,11 +69,7 @@ bool IsSectionOnlyKey(const std::string& key) {
 }
 
 // A client's key, for a message: keys are the client's text, so bound them.
-std::string ShownKey(const std::string& key) {
-  constexpr size_t kMax = 64;
-  if (key.size() <= kMax) return key;
-  return absl::StrCat(key.substr(0, kMax), "...");
-}
+std::string ShownKey(const std::string& key) { return Shown(key); }
 
 // How messages refer to a connection. A name read from the daemon's
 // environment (env:VAR) is not echoed back to the client that wrote env:VAR.
@@ -64,7 +80,7 @@ struct Names {
 
 Names NamesFor(const ConnectArgs& args, const std::string& name) {
   if (absl::StartsWith(args.name, kEnvPrefix)) {
-    return {absl::StrCat("connection '", args.name, "'"),
+    return {absl::StrCat("connection '", Shown(args.name), "'"),
             "[connections.<name>]"};
   }
   return {absl::StrCat("connection '", name, "'"),
@@ -322,8 +338,8 @@ absl::Status NoSuchConnection(const std::string& name, const Secrets& secrets) {
           ? std::string(" (no secrets file found)")
           : absl::StrCat(" in ", absl::StrJoin(secrets.files(), ", "));
   return absl::NotFoundError(absl::StrCat(
-      "no connection named '", name, "': no [connections.", name, "] section",
-      where,
+      "no connection named '", Shown(name), "': no [connections.", Shown(name),
+      "] section", where,
       "; configured: ", names.empty() ? "none" : absl::StrJoin(names, ", ")));
 }
 
@@ -336,24 +352,25 @@ bool IsFirstPartyName(const std::string& name) {
 
 // create_engine_kwargs -> PoolSettings: SQLAlchemy's names, and
 // connbroker's own for what SQLAlchemy's QueuePool lacks.
+constexpr std::pair<const char*, const char*> kEngineKwargs[] = {
+    {"pool_size", "pool_size"},
+    {"max_overflow", "max_overflow"},
+    {"pool_timeout", "acquire_timeout"},
+    {"pool_recycle", "recycle"},
+    {"pool_pre_ping", "pre_ping"},
+    // SQLite's sqlite3.connect(timeout=): how long to wait for a lock.
+    {"connect_args.timeout", "busy_timeout"},
+    // libpq's and the MySQL clients' connect_timeout.
+    {"connect_args.connect_timeout", "connect_timeout"},
+    {"min_idle", "min_idle"},
+    {"idle_timeout", "idle_timeout"},
+    {"max_waiting", "max_waiting"},
+};
+
 absl::Status ApplyEngineKwargs(const Params& params, PoolSettings& pool) {
-  static constexpr std::pair<const char*, const char*> kKeys[] = {
-      {"pool_size", "pool_size"},
-      {"max_overflow", "max_overflow"},
-      {"pool_timeout", "acquire_timeout"},
-      {"pool_recycle", "recycle"},
-      {"pool_pre_ping", "pre_ping"},
-      // SQLite's sqlite3.connect(timeout=): how long to wait for a lock.
-      {"connect_args.timeout", "busy_timeout"},
-      // libpq's and the MySQL clients' connect_timeout.
-      {"connect_args.connect_timeout", "connect_timeout"},
-      {"min_idle", "min_idle"},
-      {"idle_timeout", "idle_timeout"},
-      {"max_waiting", "max_waiting"},
-  };
   const int default_min_idle = pool.min_idle;
   bool min_idle_given = false;
-  for (const auto& [name, field] : kKeys) {
+  for (const auto& [name, field] : kEngineKwargs) {
     const std::string key = absl::StrCat("create_engine_kwargs.", name);
     auto it = params.find(key);
     if (it == params.end()) continue;
@@ -378,6 +395,23 @@ absl::Status ApplyEngineKwargs(const Params& params, PoolSettings& pool) {
   // have no meaning for the broker's pools and are ignored, so the same
   // secrets work under Streamlit and here.
   return absl::OkStatus();
+}
+
+// Whether the sql driver reads `key` of a resolved spec. Everything else a
+// section or a client may write (create_engine_kwargs.echo, keys meant for
+// another library) is ignored, as Streamlit's SQLConnection ignores it, and
+// is dropped from the spec: kept, it would make every distinct value a
+// distinct connection, and a client could open connections without bound
+// by varying a key that changes nothing.
+bool IsUsedParam(const std::string& key) {
+  if (IsRoutingKey(key) || key == kAllowAttach) return true;
+  if (!absl::StartsWith(key, "create_engine_kwargs.")) return false;
+  const absl::string_view name =
+      absl::string_view(key).substr(sizeof("create_engine_kwargs.") - 1);
+  for (const auto& [kwarg, field] : kEngineKwargs) {
+    if (name == kwarg) return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -424,7 +458,7 @@ absl::StatusOr<std::string> CanonicalType(const std::string& type) {
         "build");
   }
   return absl::InvalidArgumentError(absl::StrCat(
-      "unknown connection type '", type,
+      "unknown connection type '", Shown(type),
       "'; known types: ", absl::StrJoin(KnownTypes(), ", "),
       " (Streamlit class paths such as streamlit.connections.SQLConnection "
       "are accepted too)"));
@@ -444,19 +478,50 @@ absl::StatusOr<ConnectionSpec> ResolveSpec(const ConnectArgs& args,
                                            const BrokerSettings& settings) {
   ConnectionSpec spec;
 
-  // 1. The name, possibly from the daemon's environment.
+  // 1. The name, possibly from the daemon's environment. Names and types
+  // are short identifiers; bounding them bounds every message that quotes
+  // them.
+  if (args.name.size() > kMaxNameBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("connection name '", Shown(args.name), "' is too long (",
+                     args.name.size(), " bytes; at most ", kMaxNameBytes, ")"));
+  }
+  if (args.type.size() > kMaxNameBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("connection type '", Shown(args.type), "' is too long (",
+                     args.type.size(), " bytes; at most ", kMaxNameBytes, ")"));
+  }
   spec.name = args.name;
-  if (absl::StartsWith(spec.name, kEnvPrefix)) {
+  const bool from_env = absl::StartsWith(spec.name, kEnvPrefix);
+  if (from_env) {
     const std::string var = spec.name.substr(sizeof(kEnvPrefix) - 1);
     if (var.empty()) {
       return absl::InvalidArgumentError(
           "connection name 'env:' needs a variable name: env:VAR");
+    }
+    if (!EnvNameAllowed(var, settings.env_names)) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("connection name 'env:", var,
+                       "': the daemon does not let clients "
+                       "read environment variable ",
+                       var, " (broker.toml: list it in [security] env_names)"));
     }
     std::optional<std::string> value = env ? env(var) : std::nullopt;
     if (!value.has_value()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "connection name 'env:", var, "': environment variable ", var,
           " is not set in the connbroker daemon's environment"));
+    }
+    // The value itself is the daemon's, not the client's: it is echoed only
+    // once it is known to name a configured section (whose names every
+    // client may list anyway).
+    if (secrets.FindConnection(*value) == nullptr) {
+      const std::vector<std::string> configured = secrets.ConnectionNames();
+      return absl::NotFoundError(absl::StrCat(
+          "connection name 'env:", var,
+          "': the variable does not name a configured [connections.<name>] "
+          "section; configured: ",
+          configured.empty() ? "none" : absl::StrJoin(configured, ", ")));
     }
     spec.name = *std::move(value);
   }
@@ -566,6 +631,9 @@ absl::StatusOr<ConnectionSpec> ResolveSpec(const ConnectArgs& args,
       !status.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("connection '", spec.name, "': ", status.message()));
+  }
+  for (auto it = spec.params.begin(); it != spec.params.end();) {
+    it = IsUsedParam(it->first) ? std::next(it) : spec.params.erase(it);
   }
   spec.description = spec.sql.Describe();
   return spec;

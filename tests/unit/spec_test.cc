@@ -298,19 +298,88 @@ TEST(ResolveSpecTest, KwargsOverrideSectionKeyByKeyWhereAllowed) {
             "postgresql+psycopg2://app:***@replica:5432/sales?sslmode=require");
 }
 
+BrokerSettings EnvNamesAllowed(std::vector<std::string> names) {
+  BrokerSettings settings;
+  settings.env_names = std::move(names);
+  return settings;
+}
+
 TEST(ResolveSpecTest, EnvName) {
   absl::StatusOr<ConnectionSpec> spec =
       Resolve({"env:DB_CONN", "", {}}, TestSecrets(),
-              MapEnv({{"DB_CONN", "analytics"}}));
+              MapEnv({{"DB_CONN", "analytics"}}), EnvNamesAllowed({"DB_*"}));
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_EQ(spec->name, "analytics");
   EXPECT_EQ(spec->type, "sql");
 }
 
+TEST(ResolveSpecTest, EnvNamesAreRefusedUnlessListed) {
+  for (const std::vector<std::string>& listed :
+       std::vector<std::vector<std::string>>{{}, {"OTHER"}, {"DB_CONN_X"}}) {
+    absl::StatusOr<ConnectionSpec> spec =
+        Resolve({"env:DB_CONN", "", {}}, TestSecrets(),
+                MapEnv({{"DB_CONN", "analytics"}}), EnvNamesAllowed(listed));
+    ASSERT_FALSE(spec.ok());
+    EXPECT_EQ(spec.status().code(), absl::StatusCode::kPermissionDenied);
+    EXPECT_THAT(std::string(spec.status().message()), HasSubstr("env_names"));
+    EXPECT_THAT(std::string(spec.status().message()),
+                Not(HasSubstr("analytics")));
+  }
+}
+
+// Defect 2 of issue 11: any client could read the daemon's environment,
+// since NOT_FOUND quoted the variable's value as the unknown name.
+TEST(ResolveSpecTest, EnvValueThatIsNoSectionIsNeverEchoed) {
+  for (const BrokerSettings& settings :
+       {EnvNamesAllowed({"HOME"}), EnvNamesAllowed({"*"})}) {
+    absl::StatusOr<ConnectionSpec> spec =
+        Resolve({"env:HOME", "", {}}, TestSecrets(),
+                MapEnv({{"HOME", "/root/very-private-value"}}), settings);
+    ASSERT_FALSE(spec.ok());
+    EXPECT_EQ(spec.status().code(), absl::StatusCode::kNotFound);
+    EXPECT_THAT(std::string(spec.status().message()),
+                Not(HasSubstr("very-private")));
+    EXPECT_THAT(std::string(spec.status().message()), HasSubstr("env:HOME"));
+  }
+}
+
+TEST(ResolveSpecTest, LongNamesAreRefusedAndCutInTheMessage) {
+  const std::string name(1 << 20, 'n');
+  absl::StatusOr<ConnectionSpec> spec = Resolve({name, "", {}});
+  ASSERT_FALSE(spec.ok());
+  EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_LT(spec.status().message().size(), 300u);
+  spec = Resolve({"analytics", std::string(100000, 't'), {}});
+  ASSERT_FALSE(spec.ok());
+  EXPECT_LT(spec.status().message().size(), 300u);
+}
+
+// Defect 1 of issue 11: a kwarg the daemon ignores made a new connection for
+// every distinct value.
+TEST(ResolveSpecTest, IgnoredKwargsDoNotMakeDistinctConnections) {
+  absl::StatusOr<ConnectionSpec> plain = Resolve({"local", "sql", {}});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<ConnectionSpec> echo = Resolve(
+        {"local",
+         "sql",
+         {{"create_engine_kwargs.echo", int64_t{i}},
+          {"create_engine_kwargs.connect_args.check_same_thread", false},
+          {"some_unknown_key", std::string(100000, 'x')}}});
+    ASSERT_TRUE(echo.ok()) << echo.status();
+    EXPECT_EQ(echo->CanonicalKey(), plain->CanonicalKey());
+  }
+  // A kwarg the pool reads still makes a connection of its own.
+  absl::StatusOr<ConnectionSpec> sized = Resolve(
+      {"local", "sql", {{"create_engine_kwargs.pool_size", int64_t{2}}}});
+  ASSERT_TRUE(sized.ok()) << sized.status();
+  EXPECT_NE(sized->CanonicalKey(), plain->CanonicalKey());
+}
+
 TEST(ResolveSpecTest, EnvNameUnsetIsFailedPreconditionNamingVar) {
   absl::StatusOr<ConnectionSpec> spec =
       Resolve({"env:MISSING_VAR", "", {}}, TestSecrets(),
-              MapEnv({{"OTHER", "analytics"}}));
+              MapEnv({{"OTHER", "analytics"}}), EnvNamesAllowed({"*"}));
   ASSERT_FALSE(spec.ok());
   EXPECT_EQ(spec.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(spec.status().message()), HasSubstr("MISSING_VAR"));
@@ -670,9 +739,9 @@ TEST(RedirectPolicyTest, KeysAreShortenedAndValuesNeverQuoted) {
 }
 
 TEST(RedirectPolicyTest, EnvNamesAreNotEchoed) {
-  absl::StatusOr<ConnectionSpec> spec =
-      Resolve({"env:DB_CONN", "", {{"host", std::string("evil")}}},
-              TestSecrets(), MapEnv({{"DB_CONN", "analytics"}}));
+  absl::StatusOr<ConnectionSpec> spec = Resolve(
+      {"env:DB_CONN", "", {{"host", std::string("evil")}}}, TestSecrets(),
+      MapEnv({{"DB_CONN", "analytics"}}), EnvNamesAllowed({"DB_CONN"}));
   ASSERT_FALSE(spec.ok());
   EXPECT_EQ(spec.status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_THAT(std::string(spec.status().message()),
