@@ -9,6 +9,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "connbroker/config/shown.h"
 #include "server/logging.h"
 #include "server/status_mapping.h"
 
@@ -43,6 +44,25 @@ config::Params ToParams(
 
 int64_t UnixMicros(absl::Time time) { return absl::ToUnixMicros(time); }
 
+RegistryLimits RegistryLimitsOf(const config::DaemonLimits& limits) {
+  RegistryLimits out;
+  out.max_connections = limits.max_connections;
+  out.max_handles = limits.max_handles;
+  out.handle_idle_timeout = limits.handle_idle_timeout;
+  out.max_caches = limits.max_connection_caches;
+  return out;
+}
+
+absl::Status MayNotUse(const Caller& caller, absl::string_view name) {
+  return absl::PermissionDeniedError(absl::StrCat(
+      caller.who, " may not use connection '", config::Shown(name), "'"));
+}
+
+absl::Status NeedsAdmin(const Caller& caller, absl::string_view what) {
+  return absl::PermissionDeniedError(absl::StrCat(
+      what, " is an admin call, and ", caller.who, " is not an admin"));
+}
+
 // A fingerprint of the files' metadata: equal while none of them changed.
 // Editors often replace a file (new inode) rather than rewrite it, hence the
 // inode beside size and mtime.
@@ -71,7 +91,8 @@ Broker::Broker(Options options, const Clock* clock)
                          : [](std::function<void()> work) { work(); }),
       clock_(clock),
       started_(clock->Now()),
-      registry_(clock, std::move(options.database_factory)),
+      registry_(clock, std::move(options.database_factory),
+                RegistryLimitsOf(settings_.limits)),
       results_(clock, settings_.result_cache_bytes,
                settings_.result_cache_entry_bytes) {
   ReloadSecrets().IgnoreError();  // reported by ReloadSecrets itself
@@ -84,10 +105,18 @@ absl::Status Broker::ReloadSecrets() {
   std::string stamp = FilesStamp(secrets_files_);
   absl::StatusOr<config::Secrets> loaded =
       config::Secrets::Load(secrets_files_);
+  if (loaded.ok() && FilesStamp(secrets_files_) != stamp) {
+    // Written to while being read: what was read may be half of it.
+    loaded = absl::UnavailableError(
+        "a secrets file changed while it was read; it will be read again "
+        "once it stops changing");
+    stamp.clear();  // never equal to the files: the next check sees a change
+  }
   std::shared_ptr<const config::Secrets> previous;
   {
     absl::MutexLock lock(&secrets_mu_);
     secrets_stamp_ = std::move(stamp);
+    changing_stamp_.clear();
     if (!loaded.ok()) {
       secrets_error_ = loaded.status();
       spdlog::error("secrets not loaded{}: {}",
@@ -141,8 +170,30 @@ std::shared_ptr<const config::Secrets> Broker::CurrentSecrets(
 }
 
 absl::StatusOr<ConnectOutcome> Broker::ConnectInternal(
-    const v1::ConnectRequest& request, const std::string& session) {
+    const v1::ConnectRequest& request, const Caller& caller) {
   counters_.connect_calls.fetch_add(1, std::memory_order_relaxed);
+  // A reload that changes the section while its connection is being opened
+  // makes the registry refuse what was built from the old one (ABORTED):
+  // resolve the new section and try again.
+  constexpr int kAttempts = 3;
+  for (int attempt = 1;; ++attempt) {
+    absl::StatusOr<ConnectOutcome> outcome = ConnectOnce(request, caller);
+    if (outcome.ok() || outcome.status().code() != absl::StatusCode::kAborted ||
+        attempt == kAttempts) {
+      return outcome;
+    }
+  }
+}
+
+absl::StatusOr<ConnectOutcome> Broker::ConnectOnce(
+    const v1::ConnectRequest& request, const Caller& caller) {
+  // A name read from the environment is checked once resolved; any other
+  // before anything is resolved, so that a limited caller learns nothing
+  // about connections it may not use.
+  const bool from_env = absl::StartsWith(request.name(), "env:");
+  if (!from_env && !caller.MayUse(request.name())) {
+    return MayNotUse(caller, request.name());
+  }
   absl::Status load_error;
   std::shared_ptr<const config::Secrets> secrets = CurrentSecrets(&load_error);
   if (secrets == nullptr) {
@@ -157,6 +208,9 @@ absl::StatusOr<ConnectOutcome> Broker::ConnectInternal(
                                               ToParams(request.kwargs())},
                           *secrets, env_, settings_);
   if (!spec.ok()) return WithReason(spec.status(), v1::ErrorDetail::CONFIG);
+  if (from_env && !caller.MayUse(spec->name)) {
+    return MayNotUse(caller, request.name());
+  }
 
   CacheSettings cache;
   cache.max_entries = request.has_max_entries()
@@ -173,7 +227,7 @@ absl::StatusOr<ConnectOutcome> Broker::ConnectInternal(
     cache.ttl = settings_.default_ttl;
   }
   absl::StatusOr<ConnectOutcome> outcome =
-      registry_.Connect(*spec, cache, session);
+      registry_.Connect(*spec, cache, caller.session);
   if (outcome.ok() && outcome->created) {
     spdlog::info("connection {} created: name={} type={} scope={} -> {}",
                  outcome->connection->handle(), spec->name, spec->type,
@@ -183,8 +237,8 @@ absl::StatusOr<ConnectOutcome> Broker::ConnectInternal(
 }
 
 absl::StatusOr<v1::ConnectResponse> Broker::Connect(
-    const v1::ConnectRequest& request, const std::string& session) {
-  absl::StatusOr<ConnectOutcome> outcome = ConnectInternal(request, session);
+    const v1::ConnectRequest& request, const Caller& caller) {
+  absl::StatusOr<ConnectOutcome> outcome = ConnectInternal(request, caller);
   if (!outcome.ok()) return outcome.status();
   const Connection& connection = *outcome->connection;
   v1::ConnectResponse response;
@@ -198,20 +252,23 @@ absl::StatusOr<v1::ConnectResponse> Broker::Connect(
 }
 
 absl::StatusOr<std::shared_ptr<Connection>> Broker::ResolveTarget(
-    const v1::Target& target, const std::string& session) {
+    const v1::Target& target, const Caller& caller) {
   switch (target.target_case()) {
     case v1::Target::kHandle: {
       absl::StatusOr<std::shared_ptr<Connection>> connection =
-          registry_.Get(target.handle());
+          registry_.Get(target.handle(), caller.session);
       if (!connection.ok() &&
           connection.status().code() == absl::StatusCode::kNotFound) {
         return WithReason(connection.status(), v1::ErrorDetail::UNKNOWN_HANDLE);
+      }
+      if (connection.ok() && !caller.MayUse((*connection)->spec().name)) {
+        return MayNotUse(caller, (*connection)->spec().name);
       }
       return connection;
     }
     case v1::Target::kConnect: {
       absl::StatusOr<ConnectOutcome> outcome =
-          ConnectInternal(target.connect(), session);
+          ConnectInternal(target.connect(), caller);
       if (!outcome.ok()) return outcome.status();
       return std::move(outcome->connection);
     }
@@ -224,7 +281,7 @@ absl::StatusOr<std::shared_ptr<Connection>> Broker::ResolveTarget(
 }
 
 absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
-    const v1::QueryRequest& request, const std::string& session,
+    const v1::QueryRequest& request, const Caller& caller,
     std::function<void()> resume) {
   counters_.queries.fetch_add(1, std::memory_order_relaxed);
   if (request.sql().empty()) {
@@ -243,7 +300,7 @@ absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
     ttl = absl::Seconds(request.ttl_seconds());
   }
   absl::StatusOr<std::shared_ptr<Connection>> connection =
-      ResolveTarget(request.target(), session);
+      ResolveTarget(request.target(), caller);
   if (!connection.ok()) return connection.status();
 
   QueryLimits limits;
@@ -256,16 +313,15 @@ absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
                                     &counters_, clock_, std::move(resume));
 }
 
-void Broker::Execute(const v1::ExecuteRequest& request,
-                     const std::string& session, CancelSignal* cancel,
-                     ExecuteDone done) {
+void Broker::Execute(const v1::ExecuteRequest& request, const Caller& caller,
+                     CancelSignal* cancel, ExecuteDone done) {
   counters_.executes.fetch_add(1, std::memory_order_relaxed);
   if (request.sql().empty()) {
     done(absl::InvalidArgumentError("the statement has no sql"));
     return;
   }
   absl::StatusOr<std::shared_ptr<Connection>> resolved =
-      ResolveTarget(request.target(), session);
+      ResolveTarget(request.target(), caller);
   if (!resolved.ok()) {
     done(resolved.status());
     return;
@@ -303,9 +359,10 @@ void Broker::Execute(const v1::ExecuteRequest& request,
 }
 
 absl::StatusOr<v1::ResetResponse> Broker::Reset(const v1::ResetRequest& request,
-                                                const std::string& session) {
+                                                const Caller& caller) {
+  if (!caller.admin) return NeedsAdmin(caller, "Reset");
   absl::StatusOr<std::shared_ptr<Connection>> connection =
-      ResolveTarget(request.target(), session);
+      ResolveTarget(request.target(), caller);
   if (!connection.ok()) return connection.status();
   counters_.resets.fetch_add(1, std::memory_order_relaxed);
   v1::ResetResponse response;
@@ -318,13 +375,16 @@ absl::StatusOr<v1::ResetResponse> Broker::Reset(const v1::ResetRequest& request,
   return response;
 }
 
-v1::ListConnectionsResponse Broker::ListConnections() const {
+absl::StatusOr<v1::ListConnectionsResponse> Broker::ListConnections(
+    const v1::ListConnectionsRequest& request, const Caller& caller) const {
+  if (!caller.admin) return NeedsAdmin(caller, "ListConnections");
   absl::flat_hash_map<std::string, std::string> key_of_handle;
   for (const std::shared_ptr<Connection>& live : registry_.LiveConnections()) {
     key_of_handle[live->handle()] = live->key();
   }
   v1::ListConnectionsResponse response;
-  for (const ConnectionSnapshot& snapshot : registry_.List()) {
+  for (const ConnectionSnapshot& snapshot :
+       registry_.List(ListFilter{caller.session, request.all_sessions()})) {
     v1::ConnectionInfo* info = response.add_connections();
     info->set_handle(snapshot.handle);
     info->set_name(snapshot.name);
@@ -355,7 +415,8 @@ v1::ListConnectionsResponse Broker::ListConnections() const {
   return response;
 }
 
-v1::GetStatsResponse Broker::Stats() const {
+absl::StatusOr<v1::GetStatsResponse> Broker::Stats(const Caller& caller) const {
+  if (!caller.admin) return NeedsAdmin(caller, "GetStats");
   RegistryStats registry = registry_.Stats();
   ResultCacheStats results = results_.Stats();
   v1::GetStatsResponse stats;
@@ -376,6 +437,10 @@ v1::GetStatsResponse Broker::Stats() const {
   stats.set_retries(counters_.retries.load());
   stats.set_errors(counters_.errors.load());
   stats.set_resets(counters_.resets.load());
+  stats.set_evicted_for_room(registry.evicted_for_room);
+  stats.set_handles_reclaimed(registry.handles_reclaimed);
+  stats.set_connection_caches(registry.caches);
+  stats.set_refused_by_limits(registry.refused);
   stats.set_uptime_seconds(absl::ToInt64Seconds(clock_->Now() - started_));
   absl::Status load_error;
   std::shared_ptr<const config::Secrets> secrets = CurrentSecrets(&load_error);
@@ -392,7 +457,16 @@ bool Broker::ReloadSecretsIfChanged() {
   std::string stamp = FilesStamp(secrets_files_);
   {
     absl::MutexLock lock(&secrets_mu_);
-    if (stamp == secrets_stamp_) return false;
+    if (stamp == secrets_stamp_) {
+      changing_stamp_.clear();
+      return false;
+    }
+    if (stamp != changing_stamp_) {
+      // Changed since the last check: an editor may still be writing. Read
+      // it once it looks the same at the next check.
+      changing_stamp_ = std::move(stamp);
+      return false;
+    }
   }
   spdlog::info("a secrets file changed on disk: reloading");
   ReloadSecrets().IgnoreError();  // logged and reported by ReloadSecrets

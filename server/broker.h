@@ -22,6 +22,7 @@
 #include "connbroker/config/secrets.h"
 #include "connbroker/config/spec.h"
 #include "connbroker/v1/broker.pb.h"
+#include "server/caller.h"
 #include "server/clock.h"
 #include "server/connection_registry.h"
 #include "server/query_run.h"
@@ -55,17 +56,20 @@ class Broker {
   // configuration); the others keep running.
   absl::Status ReloadSecrets();
 
-  // Re-reads the secrets if any of the files changed on disk (appeared,
-  // vanished, or changed size, mtime or inode) since they were last read.
-  // Returns whether it reloaded. Upkeep calls it.
+  // Re-reads the secrets once a change on disk (a file appeared, vanished,
+  // or changed size, mtime or inode) has settled: the files must look the
+  // same at two calls in a row, so a file being rewritten in place is not
+  // read half-written. Returns whether it reloaded. Upkeep calls it.
   bool ReloadSecretsIfChanged();
 
-  // `session` is the caller's connbroker-session id (may be empty).
+  // Every call names its Caller: connection names are checked against
+  // caller.names (PERMISSION_DENIED), session-scoped handles against
+  // caller.session, and listing, stats and reset need caller.admin.
   absl::StatusOr<v1::ConnectResponse> Connect(const v1::ConnectRequest& request,
-                                              const std::string& session);
+                                              const Caller& caller);
   // `resume`: see QueryRun.
   absl::StatusOr<std::unique_ptr<QueryRun>> StartQuery(
-      const v1::QueryRequest& request, const std::string& session,
+      const v1::QueryRequest& request, const Caller& caller,
       std::function<void()> resume);
   // Runs the statement on the connection's writer; `done` runs once with
   // the reply. Waiting for the writer holds no thread (the statement then
@@ -73,12 +77,13 @@ class Broker {
   // the wait or interrupts the statement. The resolving part (Connect may
   // build the connection) blocks: call it from a worker.
   using ExecuteDone = std::function<void(absl::StatusOr<v1::ExecuteResponse>)>;
-  void Execute(const v1::ExecuteRequest& request, const std::string& session,
+  void Execute(const v1::ExecuteRequest& request, const Caller& caller,
                CancelSignal* cancel, ExecuteDone done);
   absl::StatusOr<v1::ResetResponse> Reset(const v1::ResetRequest& request,
-                                          const std::string& session);
-  v1::ListConnectionsResponse ListConnections() const;
-  v1::GetStatsResponse Stats() const;
+                                          const Caller& caller);
+  absl::StatusOr<v1::ListConnectionsResponse> ListConnections(
+      const v1::ListConnectionsRequest& request, const Caller& caller) const;
+  absl::StatusOr<v1::GetStatsResponse> Stats(const Caller& caller) const;
 
   // Counts a failed call (the service calls it once per error it returns).
   void CountError() { counters_.errors.fetch_add(1); }
@@ -91,9 +96,11 @@ class Broker {
 
  private:
   absl::StatusOr<ConnectOutcome> ConnectInternal(
-      const v1::ConnectRequest& request, const std::string& session);
+      const v1::ConnectRequest& request, const Caller& caller);
+  absl::StatusOr<ConnectOutcome> ConnectOnce(const v1::ConnectRequest& request,
+                                             const Caller& caller);
   absl::StatusOr<std::shared_ptr<Connection>> ResolveTarget(
-      const v1::Target& target, const std::string& session);
+      const v1::Target& target, const Caller& caller);
   std::shared_ptr<const config::Secrets> CurrentSecrets(
       absl::Status* load_error) const;
   // After a reload: forgets the connections whose [connections.<name>]
@@ -111,8 +118,10 @@ class Broker {
   mutable absl::Mutex secrets_mu_;  // after reload_mu_ when both are held
   std::shared_ptr<const config::Secrets> secrets_ ABSL_GUARDED_BY(secrets_mu_);
   absl::Status secrets_error_ ABSL_GUARDED_BY(secrets_mu_);
-  // What the secrets files looked like when last read (see FilesStamp).
+  // What the secrets files looked like when last read (see FilesStamp), and
+  // at the last check that saw them differ from it (a change settling).
   std::string secrets_stamp_ ABSL_GUARDED_BY(secrets_mu_);
+  std::string changing_stamp_ ABSL_GUARDED_BY(secrets_mu_);
 
   ConnectionRegistry registry_;
   ResultCache results_;

@@ -5,8 +5,10 @@
 #include <string>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "grpcpp/support/proto_buffer_reader.h"
 #include "server/logging.h"
 #include "server/status_mapping.h"
 
@@ -14,6 +16,36 @@ namespace connbroker::server {
 namespace {
 
 constexpr char kSessionMetadata[] = "connbroker-session";
+// Session ids are keys of the daemon's tables: bounded like names.
+constexpr size_t kMaxSessionBytes = 256;
+
+template <typename Message>
+absl::Status DecodeRequest(const grpc::ByteBuffer& raw, Message* out) {
+  grpc::ByteBuffer copy(raw);  // shares the slices; the reader needs it
+  grpc::ProtoBufferReader reader(&copy);
+  if (!out->ParseFromZeroCopyStream(&reader)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the request could not be decoded as a ", out->GetTypeName(), " (",
+        raw.Length(),
+        " bytes): it is not that protobuf message, or a string field holds "
+        "invalid UTF-8"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Encode(const google::protobuf::Message& message,
+                    grpc::ByteBuffer* out) {
+  out->Clear();  // the writer requires an empty buffer
+  bool own_buffer = false;
+  grpc::Status status = grpc::GenericSerialize<grpc::ProtoBufferWriter,
+                                               google::protobuf::Message>(
+      message, out, &own_buffer);
+  if (!status.ok()) {
+    return absl::InternalError(
+        absl::StrCat("cannot encode the reply: ", status.error_message()));
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -24,31 +56,90 @@ std::string SessionOf(const grpc::CallbackServerContext& context) {
   return std::string(it->second.data(), it->second.size());
 }
 
-template <typename Work>
+absl::StatusOr<Caller> BrokerService::CallerOf(
+    const grpc::CallbackServerContext& context) {
+  std::string session = SessionOf(context);
+  if (session.size() > kMaxSessionBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the connbroker-session id is ", session.size(),
+                     " bytes long; at most ", kMaxSessionBytes));
+  }
+  if (authenticate_) return authenticate_(context, std::move(session));
+  Caller caller;
+  caller.session = std::move(session);
+  return caller;
+}
+
+template <typename Request, typename Response, typename Work>
 grpc::ServerUnaryReactor* BrokerService::RunUnary(
-    grpc::CallbackServerContext* context, const char* method, Work work) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw,
+    grpc::ByteBuffer* response, const char* method, Work work) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  workers_->Submit([this, context, reactor, method, work = std::move(work)] {
-    absl::Status status = work();
+  auto finish = [this, context, reactor, method](const absl::Status& status) {
     if (!status.ok()) {
       broker_->CountError();
       spdlog::debug("{} failed: {}", method, status.ToString());
     }
     reactor->Finish(ToGrpcStatus(status, context));
+  };
+  // Decoding and authenticating are cheap and bounded (gRPC caps the
+  // message size), so they run here and a bad call never takes a worker.
+  auto request = std::make_shared<Request>();
+  absl::Status decoded = DecodeRequest(*raw, request.get());
+  absl::StatusOr<Caller> caller =
+      decoded.ok() ? CallerOf(*context) : absl::StatusOr<Caller>(decoded);
+  if (!caller.ok()) {
+    finish(caller.status());
+    return reactor;
+  }
+  workers_->Submit([request, caller = *std::move(caller), response,
+                    finish = std::move(finish), work = std::move(work)] {
+    absl::StatusOr<Response> result = work(*request, caller);
+    absl::Status status = result.status();
+    if (status.ok()) status = Encode(*result, response);
+    finish(status);
   });
   return reactor;
 }
 
 grpc::ServerUnaryReactor* BrokerService::Connect(
-    grpc::CallbackServerContext* context, const v1::ConnectRequest* request,
-    v1::ConnectResponse* response) {
-  return RunUnary(context, "Connect", [=, this]() -> absl::Status {
-    absl::StatusOr<v1::ConnectResponse> result =
-        broker_->Connect(*request, SessionOf(*context));
-    if (!result.ok()) return result.status();
-    *response = *std::move(result);
-    return absl::OkStatus();
-  });
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return RunUnary<v1::ConnectRequest, v1::ConnectResponse>(
+      context, request, response, "Connect",
+      [this](const v1::ConnectRequest& request, const Caller& caller) {
+        return broker_->Connect(request, caller);
+      });
+}
+
+grpc::ServerUnaryReactor* BrokerService::Reset(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return RunUnary<v1::ResetRequest, v1::ResetResponse>(
+      context, request, response, "Reset",
+      [this](const v1::ResetRequest& request, const Caller& caller) {
+        return broker_->Reset(request, caller);
+      });
+}
+
+grpc::ServerUnaryReactor* BrokerService::ListConnections(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return RunUnary<v1::ListConnectionsRequest, v1::ListConnectionsResponse>(
+      context, request, response, "ListConnections",
+      [this](const v1::ListConnectionsRequest& request, const Caller& caller) {
+        return broker_->ListConnections(request, caller);
+      });
+}
+
+grpc::ServerUnaryReactor* BrokerService::GetStats(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return RunUnary<v1::GetStatsRequest, v1::GetStatsResponse>(
+      context, request, response, "GetStats",
+      [this](const v1::GetStatsRequest& /*request*/, const Caller& caller) {
+        return broker_->Stats(caller);
+      });
 }
 
 // One Execute call: a unary reactor of its own (not DefaultReactor) so that
@@ -56,23 +147,24 @@ grpc::ServerUnaryReactor* BrokerService::Connect(
 class BrokerService::ExecuteReactor final : public grpc::ServerUnaryReactor {
  public:
   ExecuteReactor(BrokerService* service, grpc::CallbackServerContext* context,
-                 const v1::ExecuteRequest* request,
-                 v1::ExecuteResponse* response)
-      : service_(service),
-        context_(context),
-        request_(request),
-        response_(response) {
+                 const grpc::ByteBuffer* raw, grpc::ByteBuffer* response)
+      : service_(service), context_(context), response_(response) {
+    absl::Status decoded = DecodeRequest(*raw, &request_);
+    absl::StatusOr<Caller> caller = decoded.ok()
+                                        ? service_->CallerOf(*context_)
+                                        : absl::StatusOr<Caller>(decoded);
+    if (!caller.ok()) {
+      FinishWith(caller.status());
+      return;
+    }
+    caller_ = *std::move(caller);
     service_->workers_->Submit([this] {
       service_->broker_->Execute(
-          *request_, SessionOf(*context_), &cancel_,
+          request_, caller_, &cancel_,
           [this](absl::StatusOr<v1::ExecuteResponse> result) {
             absl::Status status = result.status();
-            if (result.ok()) *response_ = *std::move(result);
-            if (!status.ok()) {
-              service_->broker_->CountError();
-              spdlog::debug("Execute failed: {}", status.ToString());
-            }
-            Finish(ToGrpcStatus(status, context_));
+            if (status.ok()) status = Encode(*result, response_);
+            FinishWith(status);
           });
     });
   }
@@ -81,48 +173,26 @@ class BrokerService::ExecuteReactor final : public grpc::ServerUnaryReactor {
   void OnDone() override { delete this; }
 
  private:
+  void FinishWith(const absl::Status& status) {
+    if (!status.ok()) {
+      service_->broker_->CountError();
+      spdlog::debug("Execute failed: {}", status.ToString());
+    }
+    Finish(ToGrpcStatus(status, context_));
+  }
+
   BrokerService* const service_;
   grpc::CallbackServerContext* const context_;
-  const v1::ExecuteRequest* const request_;
-  v1::ExecuteResponse* const response_;
+  grpc::ByteBuffer* const response_;
+  v1::ExecuteRequest request_;
+  Caller caller_;
   CancelSignal cancel_;
 };
 
 grpc::ServerUnaryReactor* BrokerService::Execute(
-    grpc::CallbackServerContext* context, const v1::ExecuteRequest* request,
-    v1::ExecuteResponse* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   return new ExecuteReactor(this, context, request, response);
-}
-
-grpc::ServerUnaryReactor* BrokerService::Reset(
-    grpc::CallbackServerContext* context, const v1::ResetRequest* request,
-    v1::ResetResponse* response) {
-  return RunUnary(context, "Reset", [=, this]() -> absl::Status {
-    absl::StatusOr<v1::ResetResponse> result =
-        broker_->Reset(*request, SessionOf(*context));
-    if (!result.ok()) return result.status();
-    *response = *std::move(result);
-    return absl::OkStatus();
-  });
-}
-
-grpc::ServerUnaryReactor* BrokerService::ListConnections(
-    grpc::CallbackServerContext* context,
-    const v1::ListConnectionsRequest* /*request*/,
-    v1::ListConnectionsResponse* response) {
-  return RunUnary(context, "ListConnections", [=, this]() -> absl::Status {
-    *response = broker_->ListConnections();
-    return absl::OkStatus();
-  });
-}
-
-grpc::ServerUnaryReactor* BrokerService::GetStats(
-    grpc::CallbackServerContext* context,
-    const v1::GetStatsRequest* /*request*/, v1::GetStatsResponse* response) {
-  return RunUnary(context, "GetStats", [=, this]() -> absl::Status {
-    *response = broker_->Stats();
-    return absl::OkStatus();
-  });
 }
 
 // One Query call. Life cycle: constructed on a reactor thread, which queues
@@ -131,11 +201,20 @@ grpc::ServerUnaryReactor* BrokerService::GetStats(
 // reactor deletes itself. Only one of Start/Produce runs at a time, because
 // the next is queued only after the previous one's write completed.
 class BrokerService::QueryReactor final
-    : public grpc::ServerWriteReactor<v1::QueryResponse> {
+    : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   QueryReactor(BrokerService* service, grpc::CallbackServerContext* context,
-               const v1::QueryRequest* request)
-      : service_(service), context_(context), request_(request) {
+               const grpc::ByteBuffer* raw)
+      : service_(service), context_(context) {
+    absl::Status decoded = DecodeRequest(*raw, &request_);
+    absl::StatusOr<Caller> caller = decoded.ok()
+                                        ? service_->CallerOf(*context_)
+                                        : absl::StatusOr<Caller>(decoded);
+    if (!caller.ok()) {
+      FinishWith(caller.status());
+      return;
+    }
+    caller_ = *std::move(caller);
     service_->workers_->Submit([this] { Start(); });
   }
 
@@ -172,7 +251,7 @@ class BrokerService::QueryReactor final
     // A run following another caller's identical query parks (kWaiting)
     // instead of holding this worker; the cache's callback resumes it here.
     absl::StatusOr<std::unique_ptr<QueryRun>> run =
-        service_->broker_->StartQuery(*request_, SessionOf(*context_), [this] {
+        service_->broker_->StartQuery(request_, caller_, [this] {
           service_->workers_->Submit([this] { Produce(); });
         });
     if (!run.ok()) {
@@ -193,17 +272,24 @@ class BrokerService::QueryReactor final
     absl::StatusOr<QueryRun::Progress> progress = producer_->Next(&message_);
     if (!progress.ok()) {
       FinishWith(progress.status());
-    } else if (*progress == QueryRun::Progress::kWaiting) {
+      return;
+    }
+    if (*progress == QueryRun::Progress::kWaiting) {
       return;  // the run calls resume, which queues Produce again
-    } else if (*progress == QueryRun::Progress::kDone) {
+    }
+    if (*progress == QueryRun::Progress::kDone) {
       FinishWith(absl::OkStatus());
+      return;
+    }
+    if (absl::Status encoded = Encode(message_, &wire_); !encoded.ok()) {
+      FinishWith(encoded);
     } else if (message_.has_summary()) {
       // The last message: send it with the status in one go.
-      StartWriteAndFinish(&message_, grpc::WriteOptions(), grpc::Status::OK);
+      StartWriteAndFinish(&wire_, grpc::WriteOptions(), grpc::Status::OK);
     } else {
       // No buffer_hint here: a hinted write may not complete until a later
       // write flushes it, and the next write waits for this one to complete.
-      StartWrite(&message_);
+      StartWrite(&wire_);
     }
   }
 
@@ -217,8 +303,10 @@ class BrokerService::QueryReactor final
 
   BrokerService* const service_;
   grpc::CallbackServerContext* const context_;
-  const v1::QueryRequest* const request_;
+  v1::QueryRequest request_;
+  Caller caller_;
   v1::QueryResponse message_;  // the message being written
+  grpc::ByteBuffer wire_;      // ... encoded
   // run_, for the worker tasks: set once by Start, then used only by the
   // Produce calls that follow it one at a time.
   QueryRun* producer_ = nullptr;
@@ -228,8 +316,8 @@ class BrokerService::QueryReactor final
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-grpc::ServerWriteReactor<v1::QueryResponse>* BrokerService::Query(
-    grpc::CallbackServerContext* context, const v1::QueryRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* BrokerService::Query(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   return new QueryReactor(this, context, request);
 }
 

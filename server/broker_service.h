@@ -7,52 +7,91 @@
 // cursor instead of growing memory. Only cursor reads go to a worker; what a
 // run already holds is written from the reactor, and a query following an
 // identical one in flight holds no thread until the cache calls it back.
+//
+// The methods take their requests as raw bytes and decode them here: gRPC's
+// typed handlers answer an undecodable request UNIMPLEMENTED with no message,
+// which tells a client nothing; here it is INVALID_ARGUMENT saying what could
+// not be read. Each call's Caller (who, which names, admin, session) comes
+// from the Authenticator before any work is done.
 #ifndef CONNBROKER_SERVER_BROKER_SERVICE_H_
 #define CONNBROKER_SERVER_BROKER_SERVICE_H_
 
+#include <functional>
+#include <string>
+
+#include "absl/status/statusor.h"
 #include "connbroker/v1/service.grpc.pb.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "server/broker.h"
+#include "server/caller.h"
 #include "server/worker_pool.h"
 
 namespace connbroker::server {
 
-class BrokerService final : public v1::ConnectionBroker::CallbackService {
+// Every method of ConnectionBroker, raw (grpc::ByteBuffer in and out).
+using RawConnectionBrokerService =
+    v1::ConnectionBroker::WithRawCallbackMethod_Connect<
+        v1::ConnectionBroker::WithRawCallbackMethod_Query<
+            v1::ConnectionBroker::WithRawCallbackMethod_Execute<
+                v1::ConnectionBroker::WithRawCallbackMethod_Reset<
+                    v1::ConnectionBroker::WithRawCallbackMethod_ListConnections<
+                        v1::ConnectionBroker::WithRawCallbackMethod_GetStats<
+                            v1::ConnectionBroker::Service>>>>>>;
+
+class BrokerService final : public RawConnectionBrokerService {
  public:
+  // Who is calling: built from the transport and metadata of a call
+  // (AccessPolicy); an error (UNAUTHENTICATED) ends the call. Runs on a
+  // reactor thread: it must not block. Unset: every caller is the Unix
+  // socket's, with the call's session id.
+  using Authenticator = std::function<absl::StatusOr<Caller>(
+      const grpc::CallbackServerContext& context, std::string session)>;
+
   // `broker` and `workers` must outlive the service.
-  BrokerService(Broker* broker, WorkerPool* workers)
-      : broker_(broker), workers_(workers) {}
+  BrokerService(Broker* broker, WorkerPool* workers,
+                Authenticator authenticate = nullptr)
+      : broker_(broker),
+        workers_(workers),
+        authenticate_(std::move(authenticate)) {}
 
   grpc::ServerUnaryReactor* Connect(grpc::CallbackServerContext* context,
-                                    const v1::ConnectRequest* request,
-                                    v1::ConnectResponse* response) override;
-  grpc::ServerWriteReactor<v1::QueryResponse>* Query(
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Query(
       grpc::CallbackServerContext* context,
-      const v1::QueryRequest* request) override;
+      const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Execute(grpc::CallbackServerContext* context,
-                                    const v1::ExecuteRequest* request,
-                                    v1::ExecuteResponse* response) override;
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Reset(grpc::CallbackServerContext* context,
-                                  const v1::ResetRequest* request,
-                                  v1::ResetResponse* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* ListConnections(
-      grpc::CallbackServerContext* context,
-      const v1::ListConnectionsRequest* request,
-      v1::ListConnectionsResponse* response) override;
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context,
-                                     const v1::GetStatsRequest* request,
-                                     v1::GetStatsResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
 
  private:
   class QueryReactor;
   class ExecuteReactor;
 
-  // Runs `work` on a worker and finishes the unary call with its status.
-  template <typename Work>
+  // The caller of `context`, or why it may not call.
+  absl::StatusOr<Caller> CallerOf(const grpc::CallbackServerContext& context);
+
+  // Decodes `raw` as a Request, authenticates, and runs `work(request,
+  // caller)` on a worker; the Response it returns is encoded into
+  // `response` and the unary call finished with its status.
+  template <typename Request, typename Response, typename Work>
   grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context,
+                                     const grpc::ByteBuffer* raw,
+                                     grpc::ByteBuffer* response,
                                      const char* method, Work work);
 
   Broker* const broker_;
   WorkerPool* const workers_;
+  const Authenticator authenticate_;
 };
 
 // The caller's session id: the "connbroker-session" metadata, or "".

@@ -33,9 +33,8 @@ struct Caller {
     if (!names.has_value()) return true;
     for (const std::string& pattern : *names) {
       if (!pattern.empty() && pattern.back() == '*') {
-        if (absl::StartsWith(name,
-                             absl::string_view(pattern).substr(
-                                 0, pattern.size() - 1))) {
+        if (absl::StartsWith(name, absl::string_view(pattern).substr(
+                                       0, pattern.size() - 1))) {
           return true;
         }
       } else if (name == pattern) {

@@ -12,6 +12,13 @@
 //  - LRU is a per-registry use counter stamped on each entry; eviction scans
 //    the cache for the smallest stamp. Eviction happens only when max_entries
 //    is set, so the scan is O(max_entries), and connection caches are small.
+//    Making room under max_connections scans every cache for the least
+//    recently used idle connection: O(max_connections), on builds only.
+//  - A connection is idle when the registry holds its only reference: every
+//    call in flight holds another.
+//  - Each name has a generation, bumped by ForgetNamed. A build remembers
+//    the generation it started under and is discarded if it changed, so a
+//    rebuild racing a reload cannot bring a forgotten handle back.
 //  - When a build fails, the callers that were waiting for that build get its
 //    error too (they asked the same question at the same moment), rather than
 //    each retrying a backend that just refused. The next Connect retries.
@@ -24,8 +31,9 @@
 //
 // Locking: one mutex, `mu`, guards everything reached from Impl (caches,
 // their entries, builds and handle rows). The factory runs without it, and
-// Connections are released only after it is unlocked: a Connection's last
-// reference destroys its Database, which closes backends.
+// Connections are released only after it is unlocked. A Connection's last
+// reference hands it to `releaser`, whose thread destroys it (and so closes
+// its Database) wherever that reference was dropped.
 #include "server/connection_registry.h"
 
 #include <algorithm>
@@ -42,6 +50,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "connbroker/config/shown.h"
+#include "server/worker_pool.h"
 
 namespace connbroker::server {
 namespace {
@@ -49,6 +59,13 @@ namespace {
 // Connections dropped from a cache while the lock is held. Declare one before
 // the lock in a scope, so it is destroyed after the lock is released.
 using Graveyard = std::vector<std::shared_ptr<Connection>>;
+
+absl::Status UnknownHandle(const std::string& handle) {
+  return absl::NotFoundError(absl::StrCat(
+      "unknown handle '", config::Shown(handle),
+      "'; the daemon may have restarted, forgotten an unused handle, or its "
+      "secrets section changed: Connect again"));
+}
 
 struct SettingsHash {
   size_t operator()(const CacheSettings& settings) const {
@@ -111,34 +128,84 @@ struct ConnectionRegistry::Impl {
     absl::Status status;  // the factory's error, if it failed
   };
 
-  // The cache of one CacheSettings. Never deleted (handle rows point here).
-  // Guarded by Impl::mu.
+  // The cache of one CacheSettings; deleted when it holds nothing. Guarded by
+  // Impl::mu.
   struct Cache {
     explicit Cache(const CacheSettings& s) : settings(s) {}
+    bool Empty() const {
+      return entries.empty() && handles.empty() && building.empty();
+    }
     const CacheSettings settings;
     absl::flat_hash_map<std::string, Entry> entries;        // key -> entry
     absl::flat_hash_map<std::string, std::string> handles;  // key -> handle
     absl::flat_hash_map<std::string, std::shared_ptr<Build>> building;
   };
 
-  // What a handle names. All but `joins` immutable; deleted only by
-  // ForgetNamed, so read it under mu (or copy what is needed).
+  // What a handle names. All but `joins` and `last_use` immutable; deleted
+  // by ForgetNamed and by reclaiming, so read it under mu (or copy what is
+  // needed).
   struct HandleRow {
-    HandleRow(Cache* c, std::string k, config::ConnectionSpec s)
-        : cache(c), key(std::move(k)), spec(std::move(s)) {}
-    Cache* const cache;
+    HandleRow(const CacheSettings& c, std::string k, config::ConnectionSpec s,
+              std::string sess)
+        : settings(c),
+          key(std::move(k)),
+          spec(std::move(s)),
+          session(std::move(sess)) {}
+    const CacheSettings settings;
     const std::string key;
     const config::ConnectionSpec spec;
-    int64_t joins = 0;  // guarded by Impl::mu
+    const std::string session;  // of a session-scoped connection, else ""
+    int64_t joins = 0;          // guarded by Impl::mu
+    absl::Time last_use;        // guarded by Impl::mu
   };
 
-  Impl(const Clock* c, DatabaseFactory f) : clock(c), factory(std::move(f)) {}
+  Impl(const Clock* c, DatabaseFactory f, RegistryLimits l)
+      : releaser(std::make_shared<WorkerPool>(1)),
+        clock(c),
+        factory(std::move(f)),
+        limits(l) {}
 
-  Cache* CacheFor(const CacheSettings& settings)
+  // The cache of `settings`, or null.
+  Cache* FindCache(const CacheSettings& settings)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    std::unique_ptr<Cache>& cache = caches[settings];
-    if (cache == nullptr) cache = std::make_unique<Cache>(settings);
-    return cache.get();
+    auto it = caches.find(settings);
+    return it == caches.end() ? nullptr : it->second.get();
+  }
+
+  // The cache of `settings`, made if needed (deleting empty caches when
+  // max_caches is reached).
+  absl::StatusOr<Cache*> CacheFor(const CacheSettings& settings)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (Cache* cache = FindCache(settings)) return cache;
+    if (static_cast<int64_t>(caches.size()) >= limits.max_caches) {
+      DeleteEmptyCaches();
+    }
+    if (static_cast<int64_t>(caches.size()) >= limits.max_caches) {
+      ++refused;
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "too many distinct (ttl, max_entries) connection caches in use "
+          "(limits.max_connection_caches = ",
+          limits.max_caches,
+          "); connect with settings another client already uses"));
+    }
+    auto made = std::make_unique<Cache>(settings);
+    Cache* cache = made.get();
+    caches.emplace(settings, std::move(made));
+    return cache;
+  }
+
+  void DeleteEmptyCaches() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    absl::erase_if(caches,
+                   [](const auto& item) { return item.second->Empty(); });
+  }
+
+  int64_t LiveCount() const ABSL_SHARED_LOCKS_REQUIRED(mu) {
+    int64_t live = 0;
+    for (const auto& [settings, cache] : caches) {
+      live +=
+          static_cast<int64_t>(cache->entries.size() + cache->building.size());
+    }
+    return live;
   }
 
   // Moves every entry of `cache` that expired by `now` into `graveyard`.
@@ -169,6 +236,83 @@ struct ConnectionRegistry::Impl {
     ++evicted_max_entries;
   }
 
+  // Moves the least recently used idle connection of any cache into
+  // `graveyard`. False when every live connection has a call running.
+  bool DropIdle(Graveyard* graveyard) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    Cache* victim_cache = nullptr;
+    std::string victim_key;
+    uint64_t oldest = UINT64_MAX;
+    for (auto& [settings, cache] : caches) {
+      for (const auto& [key, entry] : cache->entries) {
+        // use_count is exact enough here: only the registry makes new
+        // references of a cached connection, and it holds mu.
+        if (entry.connection.use_count() == 1 && entry.last_use < oldest) {
+          oldest = entry.last_use;
+          victim_cache = cache.get();
+          victim_key = key;
+        }
+      }
+    }
+    if (victim_cache == nullptr) return false;
+    auto entry = victim_cache->entries.find(victim_key);
+    graveyard->push_back(std::move(entry->second.connection));
+    victim_cache->entries.erase(entry);
+    ++evicted_for_room;
+    return true;
+  }
+
+  // Makes room for one more live connection. RESOURCE_EXHAUSTED when
+  // max_connections are live and none is idle.
+  absl::Status RoomForOneMore(Graveyard* graveyard)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    while (LiveCount() >= limits.max_connections) {
+      if (!DropIdle(graveyard)) {
+        ++refused;
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "daemon-wide connection limit reached (limits.max_connections = ",
+            limits.max_connections,
+            " live connections, every one with a call running); retry "
+            "later, share a connection with other clients, or raise it in "
+            "broker.toml"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Forgets handle rows whose connection is not live (nor being built) and
+  // that were unused since `idle_before`; with `at_least_one`, the least
+  // recently used such row even if it is younger.
+  void ReclaimHandles(absl::Time idle_before, bool at_least_one)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    std::vector<std::string> idle;
+    std::string youngest_candidate;
+    absl::Time candidate_use = absl::InfiniteFuture();
+    for (const auto& [handle, row] : handles) {
+      const Cache* cache = FindCache(row->settings);
+      if (cache != nullptr && (cache->entries.contains(row->key) ||
+                               cache->building.contains(row->key))) {
+        continue;
+      }
+      if (row->last_use < idle_before) {
+        idle.push_back(handle);
+      } else if (row->last_use < candidate_use) {
+        candidate_use = row->last_use;
+        youngest_candidate = handle;
+      }
+    }
+    if (idle.empty() && at_least_one && !youngest_candidate.empty()) {
+      idle.push_back(youngest_candidate);
+    }
+    for (const std::string& handle : idle) {
+      auto row = handles.find(handle);
+      if (Cache* cache = FindCache(row->second->settings)) {
+        cache->handles.erase(row->second->key);
+      }
+      handles.erase(row);
+      ++handles_reclaimed;
+    }
+  }
+
   std::string NewHandle() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     // 128 random bits: unguessable by another client, and never reused.
     std::string handle;
@@ -180,72 +324,152 @@ struct ConnectionRegistry::Impl {
     return handle;
   }
 
-  // The live connection for `key` in `cache`, built from `spec` if there is
-  // none. `count_join`: a Connect (counted in the handle's joins), not a Get.
-  absl::StatusOr<std::shared_ptr<Connection>> Acquire(
-      Cache* cache, const std::string& key, const config::ConnectionSpec& spec,
-      bool count_join, bool* created) ABSL_LOCKS_EXCLUDED(mu);
+  // Wraps a new Connection so that its last reference, wherever dropped,
+  // destroys it on the releaser's thread.
+  std::shared_ptr<Connection> Adopt(std::unique_ptr<Connection> connection) {
+    std::weak_ptr<WorkerPool> weak = releaser;
+    return std::shared_ptr<Connection>(
+        connection.release(), [weak](Connection* dying) {
+          if (std::shared_ptr<WorkerPool> pool = weak.lock()) {
+            pool->Submit([dying] { delete dying; });
+          } else {
+            delete dying;  // the registry is gone: nothing left to block
+          }
+        });
+  }
 
+  // What Acquire is asked for: a Connect (which may make a handle and counts
+  // a join) or a Get of a known handle.
+  struct Want {
+    CacheSettings settings;
+    std::string key;
+    config::ConnectionSpec spec;
+    std::string session;  // of a session-scoped spec
+    std::string handle;   // Get: the handle asked for; Connect: ""
+  };
+
+  // The live connection for `want`, built if there is none.
+  absl::StatusOr<std::shared_ptr<Connection>> Acquire(const Want& want,
+                                                      bool* created)
+      ABSL_LOCKS_EXCLUDED(mu);
+
+  // Declared first, destroyed last: connections released by the members
+  // below as they go are still handed to its thread, which it drains.
+  std::shared_ptr<WorkerPool> releaser;
   const Clock* const clock;
   const DatabaseFactory factory;
+  const RegistryLimits limits;
 
   mutable absl::Mutex mu;
   absl::flat_hash_map<CacheSettings, std::unique_ptr<Cache>, SettingsHash>
       caches ABSL_GUARDED_BY(mu);
   absl::flat_hash_map<std::string, std::unique_ptr<HandleRow>> handles
       ABSL_GUARDED_BY(mu);
+  // Bumped by ForgetNamed; see the file comment.
+  absl::flat_hash_map<std::string, uint64_t> generations ABSL_GUARDED_BY(mu);
   absl::BitGen bitgen ABSL_GUARDED_BY(mu);
   uint64_t use_counter ABSL_GUARDED_BY(mu) = 0;
   int64_t created ABSL_GUARDED_BY(mu) = 0;
   int64_t evicted_ttl ABSL_GUARDED_BY(mu) = 0;
   int64_t evicted_max_entries ABSL_GUARDED_BY(mu) = 0;
+  int64_t evicted_for_room ABSL_GUARDED_BY(mu) = 0;
+  int64_t handles_reclaimed ABSL_GUARDED_BY(mu) = 0;
+  int64_t refused ABSL_GUARDED_BY(mu) = 0;
 };
 
 absl::StatusOr<std::shared_ptr<Connection>> ConnectionRegistry::Impl::Acquire(
-    Cache* cache, const std::string& key, const config::ConnectionSpec& spec,
-    bool count_join, bool* was_created) {
+    const Want& want, bool* was_created) {
+  const bool is_get = !want.handle.empty();
   Graveyard graveyard;  // declared before every lock below: released after
   std::shared_ptr<Build> build;
   std::string handle;
+  uint64_t generation = 0;
   {
     absl::MutexLock lock(&mu);
     while (true) {
       const absl::Time now = clock->Now();
-      DropExpired(*cache, now, &graveyard);
-      if (auto it = cache->entries.find(key); it != cache->entries.end()) {
-        it->second.last_use = ++use_counter;
-        if (count_join) ++handles.at(cache->handles.at(key))->joins;
-        *was_created = false;
-        return it->second.connection;
+      if (is_get && !handles.contains(want.handle)) {
+        return UnknownHandle(want.handle);  // forgotten while we waited
       }
-      auto in_progress = cache->building.find(key);
-      if (in_progress == cache->building.end()) break;
-      // Someone is opening this connection: wait for it instead of opening a
-      // second one. Hold the Build itself; the marker is erased when done.
-      std::shared_ptr<Build> other = in_progress->second;
-      mu.Await(absl::Condition(&other->done));
-      if (!other->status.ok()) return other->status;
-      // Built; look again (it may even have been evicted already).
+      Cache* cache = FindCache(want.settings);
+      if (cache != nullptr) {
+        DropExpired(*cache, now, &graveyard);
+        if (auto it = cache->entries.find(want.key);
+            it != cache->entries.end()) {
+          it->second.last_use = ++use_counter;
+          HandleRow& row = *handles.at(cache->handles.at(want.key));
+          if (!is_get) ++row.joins;
+          row.last_use = now;
+          *was_created = false;
+          return it->second.connection;
+        }
+        auto in_progress = cache->building.find(want.key);
+        if (in_progress != cache->building.end()) {
+          // Someone is opening this connection: wait for it instead of
+          // opening a second one. Hold the Build itself; the marker is
+          // erased when done.
+          std::shared_ptr<Build> other = in_progress->second;
+          mu.Await(absl::Condition(&other->done));
+          if (!other->status.ok()) return other->status;
+          continue;  // built; look again (it may even be evicted already)
+        }
+      }
+      absl::StatusOr<Cache*> made = CacheFor(want.settings);
+      if (!made.ok()) return made.status();
+      cache = *made;
+      if (absl::Status room = RoomForOneMore(&graveyard); !room.ok()) {
+        return room;
+      }
+      auto known = cache->handles.find(want.key);
+      if (known != cache->handles.end()) {
+        handle = known->second;
+      } else {
+        if (static_cast<int64_t>(handles.size()) >= limits.max_handles) {
+          ReclaimHandles(now - limits.handle_idle_timeout,
+                         /*at_least_one=*/true);
+        }
+        if (static_cast<int64_t>(handles.size()) >= limits.max_handles) {
+          ++refused;
+          return absl::ResourceExhaustedError(absl::StrCat(
+              "daemon-wide handle limit reached (limits.max_handles = ",
+              limits.max_handles, ", every one in use)"));
+        }
+        handle = NewHandle();
+      }
+      build = std::make_shared<Build>();
+      cache->building.emplace(want.key, build);
+      generation = generations[want.spec.name];
+      break;
     }
-    build = std::make_shared<Build>();
-    cache->building.emplace(key, build);
-    auto known = cache->handles.find(key);
-    handle = known != cache->handles.end() ? known->second : NewHandle();
   }
 
   // Opening a database may take seconds (network, TLS, authentication): never
   // under the lock.
   absl::StatusOr<std::unique_ptr<Database>> database =
-      CallFactory(factory, spec);
+      CallFactory(factory, want.spec);
+  std::unique_ptr<Connection> discarded;  // destroyed after the lock below
 
   absl::MutexLock lock(&mu);
-  cache->building.erase(key);
+  // The cache is not empty while the build is marked, so it still exists.
+  Cache* cache = FindCache(want.settings);
+  cache->building.erase(want.key);
   build->done = true;  // wakes the waiters once mu is released
   if (!database.ok()) {
     build->status = database.status();
     return database.status();
   }
   const absl::Time now = clock->Now();
+  if (generations[want.spec.name] != generation) {
+    // ForgetNamed ran meanwhile: what was built follows the old section.
+    discarded = std::make_unique<Connection>(handle, want.key, want.spec,
+                                             *std::move(database), now);
+    build->status =
+        is_get ? UnknownHandle(want.handle)
+               : absl::AbortedError(absl::StrCat(
+                     "the secrets section of connection '", want.spec.name,
+                     "' changed while it was being opened; connect again"));
+    return build->status;
+  }
   DropExpired(*cache, now, &graveyard);
   const CacheSettings& settings = cache->settings;
   if (settings.max_entries.has_value()) {
@@ -254,26 +478,30 @@ absl::StatusOr<std::shared_ptr<Connection>> ConnectionRegistry::Impl::Acquire(
       DropLeastRecentlyUsed(*cache, &graveyard);
     }
   }
-  auto connection = std::make_shared<Connection>(handle, key, spec,
-                                                 *std::move(database), now);
+  std::shared_ptr<Connection> connection = Adopt(std::make_unique<Connection>(
+      handle, want.key, want.spec, *std::move(database), now));
   const absl::Time expires =
       settings.ttl.has_value() ? now + *settings.ttl : absl::InfiniteFuture();
-  cache->entries.emplace(key, Entry{connection, expires, ++use_counter});
+  cache->entries.emplace(want.key, Entry{connection, expires, ++use_counter});
   auto row = handles.find(handle);
   if (row == handles.end()) {
-    row = handles.emplace(handle, std::make_unique<HandleRow>(cache, key, spec))
+    row = handles
+              .emplace(handle, std::make_unique<HandleRow>(
+                                   settings, want.key, want.spec, want.session))
               .first;
-    cache->handles.emplace(key, handle);
+    cache->handles.emplace(want.key, handle);
   }
-  if (count_join) ++row->second->joins;
+  if (!is_get) ++row->second->joins;
+  row->second->last_use = now;
   ++created;
   *was_created = true;
   return connection;
 }
 
 ConnectionRegistry::ConnectionRegistry(const Clock* clock,
-                                       DatabaseFactory factory)
-    : impl_(std::make_unique<Impl>(clock, std::move(factory))) {}
+                                       DatabaseFactory factory,
+                                       RegistryLimits limits)
+    : impl_(std::make_unique<Impl>(clock, std::move(factory), limits)) {}
 
 ConnectionRegistry::~ConnectionRegistry() = default;
 
@@ -283,7 +511,7 @@ absl::StatusOr<ConnectOutcome> ConnectionRegistry::Connect(
   if (absl::Status valid = ValidateSettings(settings); !valid.ok()) {
     return valid;
   }
-  std::string key = spec.CanonicalKey();
+  Impl::Want want{settings, spec.CanonicalKey(), spec, "", ""};
   if (spec.scope == config::Scope::kSession) {
     if (session_id.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -292,42 +520,34 @@ absl::StatusOr<ConnectOutcome> ConnectionRegistry::Connect(
     }
     // Canonical keys are self-delimiting (length-prefixed fields), so a key
     // with this suffix never equals another spec's key with or without one.
-    absl::StrAppend(&key, absl::string_view("\0session=", 9), session_id);
-  }
-  Impl::Cache* cache;
-  {
-    absl::MutexLock lock(&impl_->mu);
-    cache = impl_->CacheFor(settings);
+    absl::StrAppend(&want.key, absl::string_view("\0session=", 9), session_id);
+    want.session = session_id;
   }
   ConnectOutcome outcome;
   absl::StatusOr<std::shared_ptr<Connection>> connection =
-      impl_->Acquire(cache, key, spec, /*count_join=*/true, &outcome.created);
+      impl_->Acquire(want, &outcome.created);
   if (!connection.ok()) return connection.status();
   outcome.connection = *std::move(connection);
   return outcome;
 }
 
 absl::StatusOr<std::shared_ptr<Connection>> ConnectionRegistry::Get(
-    const std::string& handle) {
-  Impl::Cache* cache;
-  std::string key;
-  config::ConnectionSpec spec;
+    const std::string& handle, const std::string& session_id) {
+  Impl::Want want;
   {
     absl::MutexLock lock(&impl_->mu);
     auto it = impl_->handles.find(handle);
-    if (it == impl_->handles.end()) {
-      return absl::NotFoundError(absl::StrCat(
-          "unknown handle '", handle,
-          "'; the daemon may have restarted or its secrets section changed: "
-          "Connect again"));
+    if (it == impl_->handles.end()) return UnknownHandle(handle);
+    const Impl::HandleRow& row = *it->second;
+    if (row.spec.scope == config::Scope::kSession &&
+        row.session != session_id) {
+      return UnknownHandle(handle);
     }
-    // Copied: ForgetNamed may delete the row once the lock is released.
-    cache = it->second->cache;
-    key = it->second->key;
-    spec = it->second->spec;
+    // Copied: the row may be deleted once the lock is released.
+    want = Impl::Want{row.settings, row.key, row.spec, row.session, handle};
   }
   bool created = false;
-  return impl_->Acquire(cache, key, spec, /*count_join=*/false, &created);
+  return impl_->Acquire(want, &created);
 }
 
 std::vector<std::string> ConnectionRegistry::ForgetNamed(
@@ -335,22 +555,25 @@ std::vector<std::string> ConnectionRegistry::ForgetNamed(
   Graveyard graveyard;  // before the lock: released after it
   std::vector<std::string> keys;
   absl::MutexLock lock(&impl_->mu);
+  ++impl_->generations[name];
   for (auto it = impl_->handles.begin(); it != impl_->handles.end();) {
     const Impl::HandleRow& row = *it->second;
     if (row.spec.name != name) {
       ++it;
       continue;
     }
-    Impl::Cache& cache = *row.cache;
-    if (auto entry = cache.entries.find(row.key);
-        entry != cache.entries.end()) {
-      graveyard.push_back(std::move(entry->second.connection));
-      cache.entries.erase(entry);
+    if (Impl::Cache* cache = impl_->FindCache(row.settings)) {
+      if (auto entry = cache->entries.find(row.key);
+          entry != cache->entries.end()) {
+        graveyard.push_back(std::move(entry->second.connection));
+        cache->entries.erase(entry);
+      }
+      cache->handles.erase(row.key);
     }
-    cache.handles.erase(row.key);
     keys.push_back(row.key);
     impl_->handles.erase(it++);
   }
+  impl_->DeleteEmptyCaches();
   return keys;
 }
 
@@ -361,9 +584,13 @@ void ConnectionRegistry::EvictExpired() {
   for (auto& [settings, cache] : impl_->caches) {
     impl_->DropExpired(*cache, now, &graveyard);
   }
+  impl_->ReclaimHandles(now - impl_->limits.handle_idle_timeout,
+                        /*at_least_one=*/false);
+  impl_->DeleteEmptyCaches();
 }
 
-std::vector<ConnectionSnapshot> ConnectionRegistry::List() const {
+std::vector<ConnectionSnapshot> ConnectionRegistry::List(
+    const ListFilter& filter) const {
   std::vector<ConnectionSnapshot> rows;
   // Live connections, parallel to `rows`, kept so Stats() can be read after
   // unlocking: a pool's Stats takes the pool's own lock.
@@ -371,25 +598,30 @@ std::vector<ConnectionSnapshot> ConnectionRegistry::List() const {
   {
     absl::MutexLock lock(&impl_->mu);
     const absl::Time now = impl_->clock->Now();
-    rows.reserve(impl_->handles.size());
-    live.reserve(impl_->handles.size());
     for (const auto& [handle, row] : impl_->handles) {
+      if (row->spec.scope == config::Scope::kSession && !filter.all_sessions &&
+          row->session != filter.session) {
+        continue;
+      }
       ConnectionSnapshot snapshot;
       snapshot.handle = handle;
       snapshot.name = row->spec.name;
       snapshot.type = row->spec.type;
       snapshot.description = row->spec.description;
       snapshot.scope = row->spec.scope;
-      snapshot.settings = row->cache->settings;
+      snapshot.settings = row->settings;
       snapshot.joins = row->joins;
       std::shared_ptr<Connection> connection;
-      auto entry = row->cache->entries.find(row->key);
-      if (entry != row->cache->entries.end() && entry->second.expires > now) {
+      const Impl::Cache* cache = impl_->FindCache(row->settings);
+      const Impl::Entry* entry = nullptr;
+      if (cache != nullptr) {
+        auto it = cache->entries.find(row->key);
+        if (it != cache->entries.end()) entry = &it->second;
+      }
+      if (entry != nullptr && entry->expires > now) {
         snapshot.live = true;
-        if (row->cache->settings.ttl.has_value()) {
-          snapshot.expires = entry->second.expires;
-        }
-        connection = entry->second.connection;
+        if (row->settings.ttl.has_value()) snapshot.expires = entry->expires;
+        connection = entry->connection;
       }
       rows.push_back(std::move(snapshot));
       live.push_back(std::move(connection));
@@ -435,6 +667,10 @@ RegistryStats ConnectionRegistry::Stats() const {
   stats.created = impl_->created;
   stats.evicted_ttl = impl_->evicted_ttl;
   stats.evicted_max_entries = impl_->evicted_max_entries;
+  stats.evicted_for_room = impl_->evicted_for_room;
+  stats.handles_reclaimed = impl_->handles_reclaimed;
+  stats.caches = static_cast<int64_t>(impl_->caches.size());
+  stats.refused = impl_->refused;
   return stats;
 }
 

@@ -58,8 +58,15 @@ grpc::Status ToGrpcStatus(const absl::Status& status,
   if (status.ok()) return grpc::Status::OK;
   context->AddTrailingMetadata(kErrorDetailTrailer,
                                DetailOf(status).SerializeAsString());
+  // The message travels in a trailer, which gRPC bounds (8 KiB by default):
+  // a longer one would replace a clear error with a transport failure.
+  // Messages quote a client's input cut short already; this is the net.
+  constexpr size_t kMaxMessage = 4096;
+  absl::string_view message = status.message();
+  std::string text(message.substr(0, kMaxMessage));
+  if (message.size() > kMaxMessage) text += "... (message cut)";
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+                      std::move(text));
 }
 
 }  // namespace connbroker::server

@@ -117,11 +117,12 @@ TEST_F(BrokerTest, TwoClientProcessesShareOneConnection) {
 TEST_F(BrokerTest, KwargsOrderAndTypeAliasGiveTheSameConnection) {
   google::protobuf::Struct a =
       CliJson({"connect", "mem", "--kwarg", "create_engine_kwargs.echo=true",
-               "--kwarg", "pool=2"});
+               "--kwarg", "create_engine_kwargs.pool_size=2"});
   google::protobuf::Struct b =
-      CliJson({"connect", "mem", "--kwarg", "pool=2", "--kwarg",
-               "create_engine_kwargs.echo=true"});
-  google::protobuf::Struct c = CliJson({"connect", "mem", "--kwarg", "pool=3"});
+      CliJson({"connect", "mem", "--kwarg", "create_engine_kwargs.pool_size=2",
+               "--kwarg", "create_engine_kwargs.echo=true"});
+  google::protobuf::Struct c = CliJson(
+      {"connect", "mem", "--kwarg", "create_engine_kwargs.pool_size=3"});
   EXPECT_EQ(Text(a, "handle"), Text(b, "handle"));
   EXPECT_NE(Text(a, "handle"), Text(c, "handle"));
 }
@@ -237,9 +238,11 @@ TEST_F(BrokerTest, SingleFlightRunsTheQueryOnce) {
 
 TEST_F(BrokerTest, MaxEntriesEvictsTheOldestAndHandlesSurvive) {
   google::protobuf::Struct a =
-      CliJson({"connect", "mem", "--max-entries", "1", "--kwarg", "tag=a"});
+      CliJson({"connect", "mem", "--max-entries", "1", "--kwarg",
+               "create_engine_kwargs.pool_size=1"});
   google::protobuf::Struct b =
-      CliJson({"connect", "mem", "--max-entries", "1", "--kwarg", "tag=b"});
+      CliJson({"connect", "mem", "--max-entries", "1", "--kwarg",
+               "create_engine_kwargs.pool_size=2"});
   EXPECT_NE(Text(a, "handle"), Text(b, "handle"));
   google::protobuf::Struct stats = daemon_->Stats();
   EXPECT_EQ(Number(stats, "evicted_max_entries"), 1);

@@ -43,6 +43,17 @@ void MustSucceed(const absl::StatusOr<ConnectOutcome>& outcome) {
   EXPECT_TRUE(outcome.ok()) << outcome.status();
 }
 
+// Databases die on the registry's releaser thread: wait (with a deadline)
+// until `count` of them did.
+bool AwaitDestroyed(const DatabaseCounters& counters, int count) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (counters.destroyed.load() < count) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return counters.destroyed.load() == count;
+}
+
 CacheSettings Unbounded() { return CacheSettings{}; }
 CacheSettings WithTtl(absl::Duration ttl) {
   CacheSettings settings;
@@ -75,7 +86,7 @@ class ConnectionRegistryTest : public ::testing::Test {
   }
 
   bool IsLive(const std::string& handle) {
-    for (const ConnectionSnapshot& row : registry_.List()) {
+    for (const ConnectionSnapshot& row : registry_.List({})) {
       if (row.handle == handle) return row.live;
     }
     ADD_FAILURE() << "no row for " << handle;
@@ -99,7 +110,7 @@ TEST_F(ConnectionRegistryTest, SameSpecSharesOneConnectionAndHandle) {
   EXPECT_THAT(first.connection->handle(),
               ::testing::MatchesRegex("h_[0-9a-f]{32}"));
   EXPECT_EQ(factory_calls_.load(), 1);
-  std::vector<ConnectionSnapshot> rows = registry_.List();
+  std::vector<ConnectionSnapshot> rows = registry_.List({});
   ASSERT_EQ(rows.size(), 1u);
   EXPECT_EQ(rows[0].joins, 2);
 }
@@ -169,11 +180,11 @@ TEST_F(ConnectionRegistryTest, GetRebuildsAnExpiredConnection) {
   first.connection.reset();
   clock_.Advance(absl::Seconds(11));
 
-  absl::StatusOr<std::shared_ptr<Connection>> again = registry_.Get(handle);
+  absl::StatusOr<std::shared_ptr<Connection>> again = registry_.Get(handle, "");
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ((*again)->handle(), handle);
   EXPECT_EQ((*again)->created(), clock_.Now());
-  EXPECT_EQ(counters_.destroyed.load(), 1);  // the expired one is closed
+  EXPECT_TRUE(AwaitDestroyed(counters_, 1));  // the expired one is closed
   EXPECT_EQ(counters_.constructed.load(), 2);
   EXPECT_EQ(registry_.Stats().created, 2);
   EXPECT_EQ(registry_.Stats().evicted_ttl, 1);
@@ -183,7 +194,7 @@ TEST_F(ConnectionRegistryTest, GetWithinTtlReturnsTheSameConnection) {
   ConnectOutcome first = MustConnect(Spec("db"), WithTtl(absl::Seconds(10)));
   clock_.Advance(absl::Seconds(9));
   absl::StatusOr<std::shared_ptr<Connection>> again =
-      registry_.Get(first.connection->handle());
+      registry_.Get(first.connection->handle(), "");
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again, first.connection);
   EXPECT_EQ(factory_calls_.load(), 1);
@@ -198,7 +209,7 @@ TEST_F(ConnectionRegistryTest, EvictExpiredClosesUnusedConnections) {
   EXPECT_EQ(counters_.destroyed.load(), 0);
 
   registry_.EvictExpired();
-  EXPECT_EQ(counters_.destroyed.load(), 1);
+  EXPECT_TRUE(AwaitDestroyed(counters_, 1));
   EXPECT_EQ(registry_.Stats().live, 0);
   EXPECT_EQ(registry_.Stats().evicted_ttl, 1);
   EXPECT_TRUE(registry_.LiveConnections().empty());
@@ -218,7 +229,7 @@ TEST_F(ConnectionRegistryTest, MaxEntriesEvictsTheLeastRecentlyUsed) {
   EXPECT_EQ(registry_.Stats().live, 2);
 
   // The evicted handle still works: it is rebuilt, and evicts b in turn.
-  absl::StatusOr<std::shared_ptr<Connection>> again = registry_.Get(a);
+  absl::StatusOr<std::shared_ptr<Connection>> again = registry_.Get(a, "");
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_TRUE(IsLive(a));
   EXPECT_FALSE(IsLive(b));
@@ -240,7 +251,7 @@ TEST_F(ConnectionRegistryTest, GetRefreshesRecency) {
   const CacheSettings settings = WithMaxEntries(2);
   const std::string a = MustConnect(Spec("a"), settings).connection->handle();
   const std::string b = MustConnect(Spec("b"), settings).connection->handle();
-  ASSERT_TRUE(registry_.Get(a).ok());
+  ASSERT_TRUE(registry_.Get(a, "").ok());
   MustConnect(Spec("c"), settings);
 
   EXPECT_TRUE(IsLive(a));
@@ -257,13 +268,13 @@ TEST_F(ConnectionRegistryTest, HeldConnectionOutlivesEviction) {
   EXPECT_EQ(counters_.destroyed.load(), 0);  // an in-flight user still has it
   EXPECT_EQ(held->spec().name, "a");
   held.reset();
-  EXPECT_EQ(counters_.destroyed.load(), 1);
+  EXPECT_TRUE(AwaitDestroyed(counters_, 1));
   EXPECT_EQ(counters_.alive(), 1);  // b
 }
 
 TEST_F(ConnectionRegistryTest, UnknownHandleIsNotFound) {
   absl::StatusOr<std::shared_ptr<Connection>> got =
-      registry_.Get("h_0123456789abcdef0123456789abcdef");
+      registry_.Get("h_0123456789abcdef0123456789abcdef", "");
   ASSERT_EQ(got.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(got.status().message(),
               HasSubstr("unknown handle 'h_0123456789abcdef0123456789abcdef'"));
@@ -320,7 +331,7 @@ TEST_F(ConnectionRegistryTest, ListIsSortedAndDescribesLiveConnections) {
   a.connection->CountQuery();
   a.connection->CountQuery();
 
-  std::vector<ConnectionSnapshot> rows = registry_.List();
+  std::vector<ConnectionSnapshot> rows = registry_.List({});
   ASSERT_EQ(rows.size(), 2u);
   EXPECT_EQ(rows[0].name, "a");
   EXPECT_EQ(rows[1].name, "b");
@@ -405,7 +416,7 @@ TEST(ConnectionRegistryLockTest, DatabasesAreDestroyedOutsideTheLock) {
     MustSucceed(registry.Connect(Spec("c"), settings, ""));  // b expired
     clock.Advance(absl::Seconds(10));
     registry.EvictExpired();  // c expired
-    EXPECT_EQ(counters.destroyed.load(), 3);
+    EXPECT_TRUE(AwaitDestroyed(counters, 3));
     for (std::thread& thread : probes) thread.join();
     probes.clear();
   }
@@ -472,6 +483,243 @@ TEST(ConnectionRegistryRaceTest, WaitersShareTheBuildError) {
   for (const auto& outcome : race.outcomes) {
     EXPECT_EQ(outcome.status(), absl::UnavailableError("refused"));
   }
+}
+
+// --- Issue 11: a registry shared by clients that must not hurt each other.
+
+config::ConnectionSpec SessionSpec(const std::string& name) {
+  config::ConnectionSpec spec = Spec(name);
+  spec.scope = config::Scope::kSession;
+  return spec;
+}
+
+// Defect 3: a session-scoped handle worked from any session.
+TEST_F(ConnectionRegistryTest, ASessionsHandleWorksOnlyForThatSession) {
+  ConnectOutcome mine = MustConnect(SessionSpec("private"), Unbounded(), "s1");
+  EXPECT_TRUE(registry_.Get(mine.connection->handle(), "s1").ok());
+  for (const std::string& other : {"s2", ""}) {
+    absl::StatusOr<std::shared_ptr<Connection>> theirs =
+        registry_.Get(mine.connection->handle(), other);
+    EXPECT_EQ(theirs.status().code(), absl::StatusCode::kNotFound) << other;
+  }
+  // A global connection's handle works from anywhere.
+  ConnectOutcome global = MustConnect(Spec("shared"), Unbounded(), "s1");
+  EXPECT_TRUE(registry_.Get(global.connection->handle(), "s2").ok());
+}
+
+TEST_F(ConnectionRegistryTest, ListingShowsOnlyTheCallersSessions) {
+  MustConnect(Spec("shared"), Unbounded(), "s1");
+  MustConnect(SessionSpec("private"), Unbounded(), "s1");
+  MustConnect(SessionSpec("private"), Unbounded(), "s2");
+  auto names = [&](const ListFilter& filter) {
+    std::vector<std::string> seen;
+    for (const ConnectionSnapshot& row : registry_.List(filter)) {
+      seen.push_back(row.name);
+    }
+    return seen;
+  };
+  EXPECT_THAT(names({"s1", false}),
+              ::testing::ElementsAre("private", "shared"));
+  EXPECT_THAT(names({"s3", false}), ::testing::ElementsAre("shared"));
+  EXPECT_THAT(names({"s3", true}),
+              ::testing::ElementsAre("private", "private", "shared"));
+}
+
+// A factory whose builds wait until the test lets them finish.
+class GatedRegistryTest : public ::testing::Test {
+ protected:
+  GatedRegistryTest()
+      : registry_(&clock_,
+                  [this](const config::ConnectionSpec&)
+                      -> absl::StatusOr<std::unique_ptr<Database>> {
+                    absl::MutexLock lock(&mu_);
+                    ++waiting_;
+                    mu_.Await(absl::Condition(&open_));
+                    --waiting_;
+                    return std::make_unique<CountingDatabase>(&counters_);
+                  }) {}
+
+  void Open(bool open) {
+    absl::MutexLock lock(&mu_);
+    open_ = open;
+  }
+  void AwaitBuildStarted() {
+    absl::MutexLock lock(&mu_);
+    auto started = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return waiting_ > 0;
+    };
+    mu_.Await(absl::Condition(&started));
+  }
+
+  FakeClock clock_;
+  DatabaseCounters counters_;
+  absl::Mutex mu_;
+  bool open_ ABSL_GUARDED_BY(mu_) = true;
+  int waiting_ ABSL_GUARDED_BY(mu_) = 0;
+  ConnectionRegistry registry_;
+};
+
+// Defect 6: a reload (ForgetNamed) racing the rebuild of an evicted
+// connection brought the forgotten handle back, with the old spec.
+TEST_F(GatedRegistryTest, ARebuildRacingForgetNamedDoesNotResurrectTheHandle) {
+  absl::StatusOr<ConnectOutcome> first =
+      registry_.Connect(Spec("db"), WithTtl(absl::Seconds(1)), "");
+  ASSERT_TRUE(first.ok());
+  const std::string handle = first->connection->handle();
+  first->connection.reset();
+  clock_.Advance(absl::Seconds(2));
+  registry_.EvictExpired();
+
+  Open(false);
+  absl::StatusOr<std::shared_ptr<Connection>> rebuilt =
+      absl::UnknownError("not run");
+  std::thread get([&] { rebuilt = registry_.Get(handle, ""); });
+  AwaitBuildStarted();
+  EXPECT_THAT(registry_.ForgetNamed("db"), ::testing::SizeIs(1));
+  Open(true);
+  get.join();
+
+  EXPECT_EQ(rebuilt.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(registry_.Get(handle, "").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(registry_.List({}).empty());
+  EXPECT_EQ(registry_.Stats().live, 0);
+}
+
+TEST_F(GatedRegistryTest, AConnectRacingForgetNamedIsAbortedNotCached) {
+  Open(false);
+  absl::StatusOr<ConnectOutcome> outcome = absl::UnknownError("not run");
+  std::thread connect(
+      [&] { outcome = registry_.Connect(Spec("db"), Unbounded(), ""); });
+  AwaitBuildStarted();
+  registry_.ForgetNamed("db");
+  Open(true);
+  connect.join();
+  EXPECT_EQ(outcome.status().code(), absl::StatusCode::kAborted);
+  EXPECT_TRUE(registry_.List({}).empty());
+  // The next Connect (with the new section) builds afresh.
+  EXPECT_TRUE(registry_.Connect(Spec("db"), Unbounded(), "").ok());
+}
+
+// Defect 8: the last reference to an evicted connection, dropped on a gRPC
+// reactor thread, closed its database there.
+TEST_F(ConnectionRegistryTest, DatabasesCloseOffTheThreadThatDropsThem) {
+  std::thread::id closed_on;
+  absl::Notification closed;
+  ConnectionRegistry registry(&clock_,
+                              [&](const config::ConnectionSpec&)
+                                  -> absl::StatusOr<std::unique_ptr<Database>> {
+                                return std::make_unique<CountingDatabase>(
+                                    &counters_, [&] {
+                                      closed_on = std::this_thread::get_id();
+                                      closed.Notify();
+                                    });
+                              });
+  absl::StatusOr<ConnectOutcome> outcome =
+      registry.Connect(Spec("db"), Unbounded(), "");
+  ASSERT_TRUE(outcome.ok());
+  registry.ForgetNamed("db");
+  outcome->connection.reset();  // the last reference, dropped here
+  ASSERT_TRUE(closed.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_NE(closed_on, std::this_thread::get_id());
+}
+
+class BoundedRegistryTest : public ::testing::Test {
+ protected:
+  static RegistryLimits Limits() {
+    RegistryLimits limits;
+    limits.max_connections = 2;
+    limits.max_handles = 3;
+    limits.handle_idle_timeout = absl::Minutes(1);
+    limits.max_caches = 2;
+    return limits;
+  }
+  BoundedRegistryTest()
+      : registry_(
+            &clock_,
+            [this](const config::ConnectionSpec&)
+                -> absl::StatusOr<std::unique_ptr<Database>> {
+              return std::make_unique<CountingDatabase>(&counters_);
+            },
+            Limits()) {}
+
+  FakeClock clock_;
+  DatabaseCounters counters_;
+  ConnectionRegistry registry_;
+};
+
+TEST_F(BoundedRegistryTest, PastMaxConnectionsAnIdleOneIsEvicted) {
+  absl::StatusOr<ConnectOutcome> busy =
+      registry_.Connect(Spec("a"), Unbounded(), "");  // held: a call runs
+  ASSERT_TRUE(busy.ok());
+  ASSERT_TRUE(registry_.Connect(Spec("b"), Unbounded(), "").ok());  // idle
+  ASSERT_TRUE(registry_.Connect(Spec("c"), Unbounded(), "").ok());
+  RegistryStats stats = registry_.Stats();
+  EXPECT_EQ(stats.live, 2);
+  EXPECT_EQ(stats.evicted_for_room, 1);
+  // "a" (busy) survived; "b" (idle) made room.
+  absl::StatusOr<ConnectOutcome> again =
+      registry_.Connect(Spec("a"), Unbounded(), "");
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->created);
+}
+
+TEST_F(BoundedRegistryTest, PastMaxConnectionsWithNoneIdleIsRefused) {
+  absl::StatusOr<ConnectOutcome> a =
+      registry_.Connect(Spec("a"), Unbounded(), "");
+  absl::StatusOr<ConnectOutcome> b =
+      registry_.Connect(Spec("b"), Unbounded(), "");
+  ASSERT_TRUE(a.ok() && b.ok());
+  absl::StatusOr<ConnectOutcome> c =
+      registry_.Connect(Spec("c"), Unbounded(), "");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(c.status().message(), HasSubstr("limits.max_connections = 2"));
+  // What already runs is unaffected.
+  EXPECT_TRUE(registry_.Connect(Spec("a"), Unbounded(), "").ok());
+  EXPECT_EQ(registry_.Stats().refused, 1);
+}
+
+// Defect 7: a cache per distinct (ttl, max_entries) a client sent, never
+// deleted.
+TEST_F(BoundedRegistryTest, EmptyCachesAreDeletedAndTheirNumberIsBounded) {
+  ASSERT_TRUE(registry_.Connect(Spec("a"), WithTtl(absl::Seconds(1)), "").ok());
+  ASSERT_TRUE(registry_.Connect(Spec("a"), WithTtl(absl::Seconds(2)), "").ok());
+  absl::StatusOr<ConnectOutcome> third =
+      registry_.Connect(Spec("a"), WithTtl(absl::Seconds(3)), "");
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(third.status().message(),
+              HasSubstr("limits.max_connection_caches"));
+
+  // Expired and unused past handle_idle_timeout: rows and caches go.
+  clock_.Advance(absl::Seconds(3));
+  registry_.EvictExpired();
+  EXPECT_EQ(registry_.Stats().caches, 2);  // handles still remember them
+  clock_.Advance(absl::Minutes(2));
+  registry_.EvictExpired();
+  RegistryStats stats = registry_.Stats();
+  EXPECT_EQ(stats.caches, 0);
+  EXPECT_EQ(stats.handles, 0);
+  EXPECT_EQ(stats.handles_reclaimed, 2);
+  EXPECT_TRUE(registry_.Connect(Spec("a"), WithTtl(absl::Seconds(3)), "").ok());
+}
+
+TEST_F(BoundedRegistryTest, PastMaxHandlesTheLeastRecentlyUsedDeadRowGoes) {
+  std::vector<std::string> handles;
+  for (const char* name : {"a", "b", "c"}) {
+    absl::StatusOr<ConnectOutcome> outcome =
+        registry_.Connect(Spec(name), WithMaxEntries(1), "");
+    ASSERT_TRUE(outcome.ok()) << outcome.status();
+    handles.push_back(outcome->connection->handle());
+    clock_.Advance(absl::Seconds(1));
+  }
+  // max_entries 1: only "c" is live; "a" is the oldest dead row.
+  ASSERT_TRUE(registry_.Connect(Spec("d"), WithMaxEntries(1), "").ok());
+  RegistryStats stats = registry_.Stats();
+  EXPECT_EQ(stats.handles, 3);
+  EXPECT_EQ(stats.handles_reclaimed, 1);
+  EXPECT_EQ(registry_.Get(handles[0], "").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(registry_.Get(handles[1], "").ok());
 }
 
 }  // namespace
