@@ -32,7 +32,8 @@ commands:
   query NAME SQL           run a statement that returns rows and print them
   execute NAME SQL         run a statement for its effect
   connect NAME             get or create the shared connection; print its handle
-  connections              list the daemon's connections
+  connections              list the daemon's connections (global ones and
+                           this session's; --all-sessions: every session's)
   stats                    print the daemon's counters
   reset NAME               drop a connection's backends and cached results
   reset --handle H         the same, for a handle
@@ -112,6 +113,8 @@ const std::set<std::string> kCommonFlags = {"format", "target", "deadline",
 const std::set<std::string> kConnectFlags = {"type", "kwarg", "connect-ttl",
                                              "max-entries"};
 const std::set<std::string> kRepeatable = {"param", "named", "kwarg"};
+// Flags that take no value.
+const std::set<std::string> kSwitches = {"all-sessions"};
 
 absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv,
                                std::set<std::string> allowed) {
@@ -137,6 +140,8 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv,
     if (const size_t eq = name.find('='); eq != std::string::npos) {
       value = name.substr(eq + 1);
       name.resize(eq);
+    } else if (kSwitches.count(name) != 0) {
+      value = "true";
     } else if (i + 1 < argv.size()) {
       value = argv[++i];
     } else {
@@ -410,11 +415,15 @@ int RunConnect(const std::vector<std::string>& argv) {
 
 int RunConnections(const std::vector<std::string>& argv) {
   int code = 0;
-  std::optional<Prepared> p = Prepare(
-      argv, {.synopsis = "connections [flags]", .takes_name = false}, &code);
+  std::optional<Prepared> p =
+      Prepare(argv,
+              {.synopsis = "connections [--all-sessions] [flags]",
+               .flags = {"all-sessions"},
+               .takes_name = false},
+              &code);
   if (!p) return code;
   absl::StatusOr<v1::ListConnectionsResponse> list =
-      p->client->ListConnections();
+      p->client->ListConnections(p->args.Get("all-sessions").has_value());
   if (!list.ok()) return Failure(list.status());
   WriteConnections(p->format, *list, std::cout);
   return 0;

@@ -489,9 +489,11 @@ Connection Client::Attach(const std::string& handle) const {
       std::make_shared<ConnectionState>(core_, std::nullopt, response));
 }
 
-absl::StatusOr<v1::ListConnectionsResponse> Client::ListConnections() const {
-  return core_->Call(&v1::ConnectionBroker::Stub::ListConnections,
-                     v1::ListConnectionsRequest(),
+absl::StatusOr<v1::ListConnectionsResponse> Client::ListConnections(
+    bool all_sessions) const {
+  v1::ListConnectionsRequest request;
+  request.set_all_sessions(all_sessions);
+  return core_->Call(&v1::ConnectionBroker::Stub::ListConnections, request,
                      core_->Deadline(std::nullopt));
 }
 

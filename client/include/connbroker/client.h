@@ -162,7 +162,10 @@ class Client {
   // st.connection(...): gets or creates the daemon's shared connection.
   absl::StatusOr<Connection> Connect(const ConnectOptions& options) const;
 
-  absl::StatusOr<v1::ListConnectionsResponse> ListConnections() const;
+  // The global connections and this client's session's; `all_sessions`
+  // also every other session's (an admin call).
+  absl::StatusOr<v1::ListConnectionsResponse> ListConnections(
+      bool all_sessions = false) const;
   absl::StatusOr<v1::GetStatsResponse> Stats() const;
 
   // A Connection for a handle obtained elsewhere (another process, the
