@@ -12,7 +12,14 @@
 //                       resets the pool and retries.
 //   RESOURCE_EXHAUSTED  no backend became free within the acquire timeout.
 //   CANCELLED           the call's CancelSignal interrupted the statement.
-//   FAILED_PRECONDITION the statement left a transaction open (rolled back).
+//   FAILED_PRECONDITION the statement left a transaction open (rolled back),
+//                       or the database is unusable as configured and
+//                       every backend would meet the same fault (a corrupt
+//                       or read-only SQLite file, one that is not a
+//                       database, a database that does not exist): not
+//                       retried, backends kept.
+//   RESOURCE_EXHAUSTED  also: a daemon-wide bound (limits.max_backends,
+//                       limits.max_open_files) refused a new backend.
 //   PERMISSION_DENIED   the database refused the credentials or the
 //                       statement is not allowed (SQLite's authorizer).
 //   ABORTED             lock contention past the busy timeout, a

@@ -315,6 +315,11 @@ absl::Status ConnectStatus(const MysqlError& error, const Target& target) {
     case CR_CANT_READ_CHARSET:  // a charset option the library lacks
       status = absl::InvalidArgumentError(text);
       break;
+    case ER_BAD_DB_ERROR:  // 1049: the configured database does not exist
+      // Permanent until someone creates it: not a broken backend to reset
+      // and retry.
+      status = absl::FailedPreconditionError(text);
+      break;
     default:
       status = absl::UnavailableError(text);
   }
