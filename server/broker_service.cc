@@ -189,21 +189,21 @@ class BrokerService::QueryReactor final
   }
 
   void Produce() {
-    message_.Clear();
-    absl::StatusOr<QueryRun::Progress> progress = producer_->Next(&message_);
+    const v1::QueryResponse* message = nullptr;
+    absl::StatusOr<QueryRun::Progress> progress = producer_->Next(&message);
     if (!progress.ok()) {
       FinishWith(progress.status());
     } else if (*progress == QueryRun::Progress::kWaiting) {
       return;  // the run calls resume, which queues Produce again
     } else if (*progress == QueryRun::Progress::kDone) {
       FinishWith(absl::OkStatus());
-    } else if (message_.has_summary()) {
+    } else if (message->has_summary()) {
       // The last message: send it with the status in one go.
-      StartWriteAndFinish(&message_, grpc::WriteOptions(), grpc::Status::OK);
+      StartWriteAndFinish(message, grpc::WriteOptions(), grpc::Status::OK);
     } else {
       // No buffer_hint here: a hinted write may not complete until a later
       // write flushes it, and the next write waits for this one to complete.
-      StartWrite(&message_);
+      StartWrite(message);
     }
   }
 
@@ -218,7 +218,6 @@ class BrokerService::QueryReactor final
   BrokerService* const service_;
   grpc::CallbackServerContext* const context_;
   const v1::QueryRequest* const request_;
-  v1::QueryResponse message_;  // the message being written
   // run_, for the worker tasks: set once by Start, then used only by the
   // Produce calls that follow it one at a time.
   QueryRun* producer_ = nullptr;
