@@ -147,9 +147,11 @@ absl::Status TransactionLeftOpenError();
 // SQLite's writer and readers, reports their sum).
 void AddPoolCounters(const BackendPoolCounters& counters, PoolStats* stats);
 
-// BackendPoolOptions for a pool of `role` from a connection's settings.
+// BackendPoolOptions for a pool of `role` from a connection's settings,
+// counting its backends in `context`'s daemon-wide budget.
 BackendPoolOptions PoolOptionsFor(const config::ConnectionSpec& spec,
-                                  std::string role);
+                                  std::string role,
+                                  const DriverContext& context = {});
 
 // Opens the Database of `spec` (type "sql"): sqlite, postgresql,
 // mysql/mariadb. The first backend is opened here, so a bad address or
@@ -157,6 +159,12 @@ BackendPoolOptions PoolOptionsFor(const config::ConnectionSpec& spec,
 // credentials), with the database's message and no secret.
 absl::StatusOr<std::unique_ptr<Database>> OpenDatabase(
     const config::ConnectionSpec& spec);
+
+// OpenDatabase whose pools count their backends in `context.budget` (the
+// daemon's; OpenDatabase alone is unbounded). A separate name, not an
+// overload, so OpenDatabase still converts to a DatabaseFactory.
+absl::StatusOr<std::unique_ptr<Database>> OpenDatabaseWith(
+    const config::ConnectionSpec& spec, const DriverContext& context);
 
 }  // namespace connbroker::server
 

@@ -1785,14 +1785,14 @@ class PostgresDatabase : public SinglePoolDatabase<PgBackend> {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Database>> OpenPostgresDatabase(
-    const config::ConnectionSpec& spec) {
+    const config::ConnectionSpec& spec, const DriverContext& context) {
   ConnectConfig config = BuildConnectConfig(spec);
   Pool::Hooks hooks;
   hooks.open = [config = std::move(config)] { return Connect(config); };
   hooks.recycle = &RecycleBackend;
   hooks.ping = &PingBackend;
   std::shared_ptr<Pool> pool =
-      Pool::Create(PoolOptionsFor(spec, "backend"), std::move(hooks));
+      Pool::Create(PoolOptionsFor(spec, "backend", context), std::move(hooks));
   // Opening one backend now makes a bad host or password fail at Connect.
   {
     absl::StatusOr<Lease> first = pool->Acquire();

@@ -751,7 +751,7 @@ int ClampMillis(absl::Duration d) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Database>> OpenSqliteDatabase(
-    const config::ConnectionSpec& spec) {
+    const config::ConnectionSpec& spec, const DriverContext& context) {
   const config::SqlTarget& sql = spec.sql;
   const config::PoolSettings& settings = spec.pool;
   Target target;
@@ -772,7 +772,7 @@ absl::StatusOr<std::unique_ptr<Database>> OpenSqliteDatabase(
   }
 
   // One writer, never closed for idleness (see the file comment).
-  BackendPoolOptions writer_options = PoolOptionsFor(spec, "writer");
+  BackendPoolOptions writer_options = PoolOptionsFor(spec, "writer", context);
   writer_options.pool_size = 1;
   writer_options.max_overflow = 0;
   writer_options.min_idle = 0;
@@ -787,7 +787,7 @@ absl::StatusOr<std::unique_ptr<Database>> OpenSqliteDatabase(
   // pool_size readers; SQLite gains nothing from overflow readers.
   std::shared_ptr<Pool> readers;
   if (!target.memory && settings.pool_size > 0) {
-    BackendPoolOptions reader_options = PoolOptionsFor(spec, "reader");
+    BackendPoolOptions reader_options = PoolOptionsFor(spec, "reader", context);
     reader_options.max_overflow = 0;
     reader_options.pre_ping_after = absl::InfiniteDuration();
     readers = Pool::Create(
