@@ -89,8 +89,10 @@ Broker::Broker(Options options, const Clock* clock)
       run_on_worker_(options.run_on_worker
                          ? std::move(options.run_on_worker)
                          : [](std::function<void()> work) { work(); }),
+      backends_(options.backends),
       clock_(clock),
       started_(clock->Now()),
+      inflight_results_(settings_.limits.max_inflight_result_bytes),
       registry_(clock, std::move(options.database_factory),
                 RegistryLimitsOf(settings_.limits)),
       results_(clock, settings_.result_cache_bytes,
@@ -308,6 +310,7 @@ absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
                                                : settings_.default_chunk_rows;
   limits.batch_bytes = settings_.batch_bytes;
   limits.max_attempts = settings_.max_attempts;
+  limits.inflight = &inflight_results_;
   return std::make_unique<QueryRun>(*std::move(connection), request.sql(),
                                     request.params(), ttl, limits, &results_,
                                     &counters_, clock_, std::move(resume));
@@ -441,6 +444,14 @@ absl::StatusOr<v1::GetStatsResponse> Broker::Stats(const Caller& caller) const {
   stats.set_handles_reclaimed(registry.handles_reclaimed);
   stats.set_connection_caches(registry.caches);
   stats.set_refused_by_limits(registry.refused);
+  if (backends_ != nullptr) {
+    stats.set_backends_open(backends_->open());
+    stats.set_max_backends(backends_->limit());
+  }
+  stats.set_inflight_result_bytes(inflight_results_.in_use());
+  stats.set_max_inflight_result_bytes(inflight_results_.limit());
+  stats.set_inflight_budget_refusals(counters_.inflight_budget_refusals.load());
+  stats.set_open_files(CountOpenFiles());
   stats.set_uptime_seconds(absl::ToInt64Seconds(clock_->Now() - started_));
   absl::Status load_error;
   std::shared_ptr<const config::Secrets> secrets = CurrentSecrets(&load_error);

@@ -25,6 +25,8 @@
 #include "server/caller.h"
 #include "server/clock.h"
 #include "server/connection_registry.h"
+#include "server/drivers/backend_budget.h"
+#include "server/memory_budget.h"
 #include "server/query_run.h"
 #include "server/result_cache.h"
 
@@ -37,6 +39,9 @@ class Broker {
     std::vector<config::SecretsFile> secrets_files;
     config::EnvLookup env;  // for env:VAR names
     ConnectionRegistry::DatabaseFactory database_factory;
+    // Backends open daemon-wide (for stats); the factory's pools take their
+    // units from it. Null: not reported.
+    const BackendBudget* backends = nullptr;
     // Runs blocking work on a worker thread; called from whichever thread
     // hands a waiting call its backend. Unset: runs it on that thread
     // (tests).
@@ -111,8 +116,12 @@ class Broker {
   const std::vector<config::SecretsFile> secrets_files_;
   const config::EnvLookup env_;
   const std::function<void(std::function<void()>)> run_on_worker_;
+  const BackendBudget* const backends_;
   const Clock* const clock_;
   const absl::Time started_;
+  // Results collected for the cache and shared by identical queries in
+  // flight, daemon-wide (limits.max_inflight_result_bytes).
+  MemoryBudget inflight_results_;
 
   absl::Mutex reload_mu_;           // one reload at a time (janitor, SIGHUP)
   mutable absl::Mutex secrets_mu_;  // after reload_mu_ when both are held

@@ -268,8 +268,8 @@ class BrokerService::QueryReactor final
   }
 
   void Produce() {
-    message_.Clear();
-    absl::StatusOr<QueryRun::Progress> progress = producer_->Next(&message_);
+    const v1::QueryResponse* message = nullptr;
+    absl::StatusOr<QueryRun::Progress> progress = producer_->Next(&message);
     if (!progress.ok()) {
       FinishWith(progress.status());
       return;
@@ -281,9 +281,9 @@ class BrokerService::QueryReactor final
       FinishWith(absl::OkStatus());
       return;
     }
-    if (absl::Status encoded = Encode(message_, &wire_); !encoded.ok()) {
+    if (absl::Status encoded = Encode(*message, &wire_); !encoded.ok()) {
       FinishWith(encoded);
-    } else if (message_.has_summary()) {
+    } else if (message->has_summary()) {
       // The last message: send it with the status in one go.
       StartWriteAndFinish(&wire_, grpc::WriteOptions(), grpc::Status::OK);
     } else {
@@ -305,8 +305,7 @@ class BrokerService::QueryReactor final
   grpc::CallbackServerContext* const context_;
   v1::QueryRequest request_;
   Caller caller_;
-  v1::QueryResponse message_;  // the message being written
-  grpc::ByteBuffer wire_;      // ... encoded
+  grpc::ByteBuffer wire_;  // the message being written, encoded
   // run_, for the worker tasks: set once by Start, then used only by the
   // Produce calls that follow it one at a time.
   QueryRun* producer_ = nullptr;

@@ -26,6 +26,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "server/broker.h"
 #include "server/broker_service.h"
+#include "server/drivers/backend_budget.h"
 #include "server/drivers/database.h"
 #include "server/janitor.h"
 #include "server/listen_address.h"
@@ -175,7 +176,19 @@ int Run(int argc, char** argv) {
     if (value == nullptr) return std::nullopt;
     return std::string(value);
   };
-  options.database_factory = OpenDatabase;
+  if (absl::Status raised = RaiseOpenFilesLimit(settings.limits.max_open_files);
+      !raised.ok()) {
+    spdlog::warn("{}", raised.message());
+  }
+  // Made before the broker: cursors may keep a pool alive until the last
+  // call ends, and every pool holds units of it.
+  BackendBudget backends({.max_backends = settings.limits.max_backends,
+                          .max_open_files = settings.limits.max_open_files,
+                          .reserved_files = settings.limits.reserved_files});
+  options.backends = &backends;
+  options.database_factory = [&backends](const config::ConnectionSpec& spec) {
+    return OpenDatabaseWith(spec, DriverContext{&backends});
+  };
   // Made before the broker, which hands it work, and emptied before the
   // broker goes (see the end of Run).
   auto workers = std::make_unique<WorkerPool>(settings.worker_threads);

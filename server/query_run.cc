@@ -55,7 +55,8 @@ QueryRun::QueryRun(std::shared_ptr<Connection> connection, std::string sql,
       counters_(counters),
       clock_(clock),
       resume_(std::move(resume)),
-      started_(clock->Now()) {
+      started_(clock->Now()),
+      inflight_(limits_.inflight) {
   connection_->CountQuery();
 }
 
@@ -104,7 +105,6 @@ absl::StatusOr<bool> QueryRun::Begin() {
 
 void QueryRun::Replay(std::shared_ptr<const CachedResult> result) {
   replay_ = std::move(result);
-  schema_ = replay_->schema;
   from_cache_ = true;
 }
 
@@ -213,7 +213,11 @@ absl::StatusOr<bool> QueryRun::OpenCursorWithRetry() {
       if (more.ok()) {
         schema_ = raw->schema();
         cursor_has_more_ = *more;
-        if (first.row_count() > 0) buffered_.push_back(std::move(first));
+        if (first.row_count() > 0) {
+          Buffered buffered;
+          *buffered.message.mutable_batch() = std::move(first);
+          buffered_.push_back(std::move(buffered));
+        }
         return true;
       }
       last = more.status();
@@ -254,27 +258,60 @@ absl::StatusOr<bool> QueryRun::ReadBatch(v1::RowBatch* batch) {
   return cursor_has_more_;
 }
 
-absl::StatusOr<bool> QueryRun::Collect(CachedResult* collected,
-                                       int64_t max_bytes) {
-  collected->schema = schema_;
-  collected->bytes = static_cast<int64_t>(schema_.ByteSizeLong());
-  auto take = [&](v1::RowBatch batch) {
-    collected->row_count += batch.row_count();
-    collected->bytes += static_cast<int64_t>(batch.ByteSizeLong());
-    collected->batches.push_back(std::move(batch));
+absl::StatusOr<bool> QueryRun::Collect(CachedResult* collected) {
+  const int64_t max_bytes = cache_->max_entry_bytes();
+  *collected->schema_message.mutable_schema() = schema_;
+  collected->bytes =
+      static_cast<int64_t>(collected->schema_message.ByteSizeLong());
+  const int64_t schema_bytes = collected->bytes;
+  // Takes one more batch into `collected` if it fits the entry bound and
+  // the budget; else hands everything read so far to the stream.
+  auto take = [&](v1::QueryResponse message) -> bool {
+    const int64_t bytes = static_cast<int64_t>(message.ByteSizeLong());
+    const bool too_big = collected->bytes + bytes > max_bytes;
+    if (!too_big && inflight_.TryGrow(bytes)) {
+      collected->row_count += message.batch().row_count();
+      collected->bytes += bytes;
+      collected->batch_messages.push_back(std::move(message));
+      return true;
+    }
+    if (!too_big) {
+      counters_->inflight_budget_refusals.fetch_add(1,
+                                                    std::memory_order_relaxed);
+    }
+    // Collected batches stay leased until produced (see Next); this one
+    // never was, and the schema is produced from schema_.
+    inflight_.Shrink(schema_bytes);
+    std::deque<Buffered> stream;
+    for (v1::QueryResponse& kept : collected->batch_messages) {
+      const int64_t leased = static_cast<int64_t>(kept.ByteSizeLong());
+      stream.push_back(Buffered{std::move(kept), leased});
+    }
+    collected->batch_messages.clear();
+    stream.push_back(Buffered{std::move(message), 0});
+    // Batches still buffered were read after `message`.
+    for (Buffered& later : buffered_) stream.push_back(std::move(later));
+    buffered_.swap(stream);
+    return false;
   };
+  if (!inflight_.TryGrow(schema_bytes)) {
+    counters_->inflight_budget_refusals.fetch_add(1, std::memory_order_relaxed);
+    return false;  // buffered_ and the cursor stream as they are
+  }
   while (!buffered_.empty()) {
-    take(std::move(buffered_.front()));
+    v1::QueryResponse message = std::move(buffered_.front().message);
     buffered_.pop_front();
+    if (!take(std::move(message))) return false;
   }
   while (cursor_has_more_) {
-    if (collected->bytes > max_bytes) return false;
-    v1::RowBatch batch;
-    absl::StatusOr<bool> more = ReadBatch(&batch);
+    v1::QueryResponse message;
+    absl::StatusOr<bool> more = ReadBatch(message.mutable_batch());
     if (!more.ok()) return more.status();
-    if (batch.row_count() > 0) take(std::move(batch));
+    if (message.batch().row_count() > 0 && !take(std::move(message))) {
+      return false;
+    }
   }
-  return collected->bytes <= max_bytes;
+  return true;
 }
 
 void QueryRun::EndFlight(const absl::Status& status) {
@@ -302,25 +339,27 @@ absl::StatusOr<bool> QueryRun::LeadFlight() {
   }
   if (!*opened) return false;  // the flight stays led while waiting
   auto collected = std::make_shared<CachedResult>();
-  absl::StatusOr<bool> fits =
-      Collect(collected.get(), cache_->max_entry_bytes());
-  if (!fits.ok()) {
-    EndFlight(fits.status());
-    return fits.status();
+  absl::StatusOr<bool> complete = Collect(collected.get());
+  if (!complete.ok()) {
+    EndFlight(complete.status());
+    collected.reset();
+    inflight_.ReleaseAll();
+    return complete.status();
   }
-  if (!*fits) {
-    // Too large to cache: stream what was read, then the rest of the cursor.
-    // The waiters run the query themselves.
+  if (!*complete) {
+    // Too large to cache, or no budget left to hold it: stream what was
+    // read (buffered_), then the rest of the cursor. The waiters run the
+    // query themselves.
     flight_->Abandon();
     flight_.reset();
-    for (v1::RowBatch& batch : collected->batches) {
-      buffered_.push_back(std::move(batch));
-    }
     return true;
   }
   replay_ = collected;
   flight_->Publish(std::move(collected), ttl_);
   flight_.reset();
+  // The result's bytes now count in the result cache's own bound
+  // (result_cache.max_bytes), not in the in-flight budget.
+  inflight_.ReleaseAll();
   return true;
 }
 
@@ -339,7 +378,11 @@ bool QueryRun::NextNeedsDatabase() const {
   return true;
 }
 
-absl::StatusOr<QueryRun::Progress> QueryRun::Next(v1::QueryResponse* out) {
+absl::StatusOr<QueryRun::Progress> QueryRun::Next(
+    const v1::QueryResponse** out) {
+  // The message handed out last has been written by now (the caller asks
+  // for the next only then): its bytes leave the budget.
+  inflight_.Shrink(std::exchange(produced_leased_bytes_, 0));
   switch (phase_) {
     case Phase::kBegin: {
       absl::StatusOr<bool> begun = Begin();
@@ -349,45 +392,56 @@ absl::StatusOr<QueryRun::Progress> QueryRun::Next(v1::QueryResponse* out) {
       [[fallthrough]];
     }
     case Phase::kSchema:
-      *out->mutable_schema() = schema_;
+      if (replay_ != nullptr) {
+        *out = &replay_->schema_message;
+      } else {
+        *message_.mutable_schema() = schema_;
+        *out = &message_;
+      }
       phase_ = Phase::kBatches;
       return Progress::kMessage;
     case Phase::kBatches: {
-      v1::RowBatch* batch = out->mutable_batch();
-      if (replay_ != nullptr && replay_next_ < replay_->batches.size()) {
-        *batch = replay_->batches[replay_next_++];
-        rows_sent_ += batch->row_count();
-        return Progress::kMessage;
-      }
-      if (!buffered_.empty()) {
-        *batch = std::move(buffered_.front());
-        buffered_.pop_front();
-        rows_sent_ += batch->row_count();
-        return Progress::kMessage;
-      }
-      while (replay_ == nullptr && cursor_has_more_) {
-        absl::StatusOr<bool> more = ReadBatch(batch);
-        if (!more.ok()) {
-          out->Clear();
-          return more.status();
-        }
-        if (batch->row_count() > 0) {
-          rows_sent_ += batch->row_count();
+      if (replay_ != nullptr) {
+        if (replay_next_ < replay_->batch_messages.size()) {
+          const v1::QueryResponse& message =
+              replay_->batch_messages[replay_next_++];
+          rows_sent_ += message.batch().row_count();
+          *out = &message;
           return Progress::kMessage;
         }
+      } else if (!buffered_.empty()) {
+        // A move swaps the batch in: the deque's slot takes the old one.
+        message_ = std::move(buffered_.front().message);
+        produced_leased_bytes_ = buffered_.front().leased_bytes;
+        buffered_.pop_front();
+        rows_sent_ += message_.batch().row_count();
+        *out = &message_;
+        return Progress::kMessage;
+      } else {
+        while (cursor_has_more_) {
+          v1::RowBatch* batch = message_.mutable_batch();
+          absl::StatusOr<bool> more = ReadBatch(batch);
+          if (!more.ok()) return more.status();
+          if (batch->row_count() > 0) {
+            rows_sent_ += batch->row_count();
+            *out = &message_;
+            return Progress::kMessage;
+          }
+        }
       }
-      out->clear_batch();
       phase_ = Phase::kSummary;
       [[fallthrough]];
     }
     case Phase::kSummary: {
-      v1::QuerySummary* summary = out->mutable_summary();
+      message_.Clear();
+      v1::QuerySummary* summary = message_.mutable_summary();
       summary->set_row_count(rows_sent_);
       summary->set_from_cache(from_cache_);
       summary->set_elapsed_micros(
           absl::ToInt64Microseconds(clock_->Now() - started_));
       summary->set_backend_executions(backend_executions_);
       summary->set_handle(connection_->handle());
+      *out = &message_;
       phase_ = Phase::kDone;
       return Progress::kMessage;
     }

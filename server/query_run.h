@@ -6,7 +6,10 @@
 // single-flight leader, or a live cursor streaming straight from the
 // database. Pulling one message at a time lets the service write a batch and
 // produce the next only when the client has taken it, so memory stays
-// bounded by one batch for uncached queries.
+// bounded by one batch for uncached queries. A cached query's leader holds
+// its whole result while collecting it, within limits.inflight (a budget
+// shared by every run) and the cache's max_entry_bytes; past either it stops
+// collecting and streams.
 //
 // Next() does database work and may block: call it from a worker thread, one
 // call at a time. It never blocks to wait -- for an identical query in
@@ -31,6 +34,7 @@
 #include "connbroker/v1/broker.pb.h"
 #include "server/clock.h"
 #include "server/connection.h"
+#include "server/memory_budget.h"
 #include "server/result_cache.h"
 
 namespace connbroker::server {
@@ -44,6 +48,8 @@ struct BrokerCounters {
   std::atomic<int64_t> retries{0};
   std::atomic<int64_t> errors{0};
   std::atomic<int64_t> resets{0};
+  // Results streamed uncached because the in-flight budget was full.
+  std::atomic<int64_t> inflight_budget_refusals{0};
 };
 
 // How a run cuts and retries.
@@ -51,13 +57,17 @@ struct QueryLimits {
   int chunk_rows = 1024;
   int64_t batch_bytes = 1 << 20;
   int max_attempts = 3;
+  // The daemon-wide budget for results held while collected for the cache
+  // (limits.max_inflight_result_bytes); null: unbounded. Must outlive the
+  // run.
+  MemoryBudget* inflight = nullptr;
 };
 
 class QueryRun {
  public:
   // What Next() did.
   enum class Progress {
-    kMessage,  // filled `out`
+    kMessage,  // set `*out`
     kWaiting,  // an identical query is in flight: `resume` will be called
     kDone,     // the summary has been produced already
   };
@@ -74,9 +84,11 @@ class QueryRun {
 
   ~QueryRun();
 
-  // Fills `out` with the next message: the first call runs the query (or
-  // finds its result) and returns its error, if any.
-  absl::StatusOr<Progress> Next(v1::QueryResponse* out);
+  // Points `*out` at the next message to write: the first call runs the
+  // query (or finds its result) and returns its error, if any. The message
+  // stays valid until the next Next() call or the run's destruction. A
+  // cached result's messages are shared with every caller, not copied.
+  absl::StatusOr<Progress> Next(const v1::QueryResponse** out);
 
   // True when the next Next() may touch the database (and so must run on a
   // worker); false when it only copies out what the run already holds.
@@ -103,10 +115,11 @@ class QueryRun {
   // Ends the flight this run leads with `status` (Abandon when it is this
   // caller's own cancellation).
   void EndFlight(const absl::Status& status);
-  // Reads the whole result into `collected` as the single-flight leader.
-  // Returns false when it grew past `max_bytes` (the rest stays in the
-  // cursor).
-  absl::StatusOr<bool> Collect(CachedResult* collected, int64_t max_bytes);
+  // Reads the whole result into `collected` as the single-flight leader,
+  // reserving its bytes from limits_.inflight. Returns false when it would
+  // grow past the cache's max_entry_bytes or the budget: what was read is
+  // then in `buffered_` and the rest stays in the cursor.
+  absl::StatusOr<bool> Collect(CachedResult* collected);
   absl::StatusOr<bool> ReadBatch(v1::RowBatch* batch);
   // As the single-flight leader: runs the query and publishes its result.
   // Returns false while waiting for a backend.
@@ -125,12 +138,26 @@ class QueryRun {
   const std::function<void()> resume_;
   const absl::Time started_;
 
+  // A batch read but not yet produced; `leased_bytes` of it are counted in
+  // `inflight_`.
+  struct Buffered {
+    v1::QueryResponse message;
+    int64_t leased_bytes = 0;
+  };
+
   // The source of the reply: `replay_` (a whole cached result) or
   // `buffered_` batches followed by what `cursor_` still holds.
   std::shared_ptr<const CachedResult> replay_;
   size_t replay_next_ = 0;
   v1::Schema schema_;
-  std::deque<v1::RowBatch> buffered_;
+  std::deque<Buffered> buffered_;
+  // The message Next() handed out last, unless it points into `replay_`.
+  v1::QueryResponse message_;
+  // Bytes of `message_` still counted in `inflight_`: released by the next
+  // Next(), once the caller has written it.
+  int64_t produced_leased_bytes_ = 0;
+  // This run's share of limits_.inflight: what it collected and holds.
+  MemoryBudget::Lease inflight_;
   bool cursor_has_more_ = false;
   bool from_cache_ = false;
   int backend_executions_ = 0;

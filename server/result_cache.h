@@ -22,17 +22,20 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "connbroker/v1/values.pb.h"
+#include "connbroker/v1/broker.pb.h"
 #include "server/clock.h"
 
 namespace connbroker::server {
 
-// A whole result, immutable once published.
+// A whole result, immutable once published, held as the very messages a
+// Query reply writes: a hit hands out pointers into it and copies nothing.
 struct CachedResult {
-  v1::Schema schema;
-  std::vector<v1::RowBatch> batches;
+  v1::QueryResponse schema_message;               // schema set
+  std::vector<v1::QueryResponse> batch_messages;  // batch set in each
   int64_t row_count = 0;
-  int64_t bytes = 0;  // sum of ByteSizeLong() of schema and batches
+  int64_t bytes = 0;  // sum of ByteSizeLong() of the messages
+
+  const v1::Schema& schema() const { return schema_message.schema(); }
 };
 
 struct ResultCacheStats {

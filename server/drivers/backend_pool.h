@@ -57,6 +57,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/drivers/backend_budget.h"
 #include "server/drivers/cancel_signal.h"
 #include "server/drivers/timer_queue.h"
 
@@ -81,6 +82,10 @@ struct BackendPoolOptions {
   int max_waiting = 256;
   absl::Duration backoff_initial = absl::Milliseconds(100);
   absl::Duration backoff_max = absl::Seconds(5);
+  // The daemon-wide bound every pool's backends count against (a unit is
+  // taken before a backend opens, returned when it closes); null:
+  // unbounded. Must outlive the pool.
+  BackendBudget* budget = nullptr;
 };
 
 struct BackendPoolCounters {
@@ -147,6 +152,8 @@ class BackendPool : public Reservation::Source,
                     public std::enable_shared_from_this<BackendPool<T>> {
  private:
   struct Entry {
+    // First, so it is returned after the backend (below) has closed.
+    BackendBudget::Unit unit;
     std::unique_ptr<T> backend;
     uint64_t generation = 0;  // the pool's generation when it was opened
     absl::Time opened;
@@ -354,47 +361,30 @@ class BackendPool : public Reservation::Source,
         FlushGrants();
         return refused;
       }
-      if (candidate != nullptr) {
-        if (hooks_.ping &&
-            absl::Now() - candidate->last_used >= options_.pre_ping_after &&
-            !hooks_.ping(*candidate->backend)) {
-          absl::MutexLock lock(&mu_);
-          ++pre_ping_failures_;
-          --open_;
-          continue;  // `candidate` closes; try the next idle one or open
+      if (candidate == nullptr) {
+        // Outside mu_: the budget may read /proc (see BackendBudget).
+        absl::StatusOr<BackendBudget::Unit> unit = TakeUnit();
+        if (!unit.ok()) {
+          {
+            absl::MutexLock lock(&mu_);
+            --open_;
+            --in_use_;
+            GrantWaitersLocked();
+          }
+          FlushGrants();
+          return unit.status();
         }
-        return Lease(this->shared_from_this(), std::move(candidate));
+        return OpenNew(*std::move(unit), generation);
       }
-      absl::StatusOr<std::unique_ptr<T>> backend = hooks_.open();
-      if (!backend.ok()) {
-        {
-          absl::MutexLock lock(&mu_);
-          --open_;
-          --in_use_;
-          ++connect_failures_;
-          last_open_error_ = backend.status();
-          backoff_ = backoff_ == absl::ZeroDuration()
-                         ? options_.backoff_initial
-                         : std::min(backoff_ * 2, options_.backoff_max);
-          // Jitter: many pools must not probe a database in lockstep.
-          backoff_until_ =
-              absl::Now() + backoff_ * absl::Uniform(bitgen_, 0.5, 1.5);
-          GrantWaitersLocked();
-        }
-        FlushGrants();
-        return backend.status();
-      }
-      auto entry = std::make_unique<Entry>();
-      entry->backend = *std::move(backend);
-      entry->generation = generation;
-      entry->opened = entry->last_used = absl::Now();
-      {
+      if (hooks_.ping &&
+          absl::Now() - candidate->last_used >= options_.pre_ping_after &&
+          !hooks_.ping(*candidate->backend)) {
         absl::MutexLock lock(&mu_);
-        backoff_ = absl::ZeroDuration();
-        backoff_until_ = absl::InfinitePast();
-        ++opened_total_;
+        ++pre_ping_failures_;
+        --open_;
+        continue;  // `candidate` closes; try the next idle one or open
       }
-      return Lease(this->shared_from_this(), std::move(entry));
+      return Lease(this->shared_from_this(), std::move(candidate));
     }
   }
 
@@ -475,6 +465,12 @@ class BackendPool : public Reservation::Source,
         ++open_;
         generation = generation_;
       }
+      absl::StatusOr<BackendBudget::Unit> unit = TakeUnit();
+      if (!unit.ok()) {
+        absl::MutexLock lock(&mu_);
+        --open_;
+        return;  // the daemon is at its bound: min_idle waits
+      }
       absl::StatusOr<std::unique_ptr<T>> backend = hooks_.open();
       absl::MutexLock lock(&mu_);
       if (!backend.ok()) {
@@ -484,6 +480,7 @@ class BackendPool : public Reservation::Source,
       }
       ++opened_total_;
       auto entry = std::make_unique<Entry>();
+      entry->unit = *std::move(unit);
       entry->backend = *std::move(backend);
       entry->generation = generation;
       entry->opened = entry->last_used = absl::Now();
@@ -539,6 +536,58 @@ class BackendPool : public Reservation::Source,
  private:
   BackendPool(BackendPoolOptions options, Hooks hooks)
       : options_(std::move(options)), hooks_(std::move(hooks)) {}
+
+  // The daemon-wide unit for a backend about to open (an empty one when the
+  // pool has no budget).
+  absl::StatusOr<BackendBudget::Unit> TakeUnit() {
+    BackendBudget::Unit unit;
+    if (options_.budget != nullptr) {
+      absl::Status taken = options_.budget->TryAcquire(&unit);
+      if (!taken.ok()) {
+        return absl::Status(
+            taken.code(),
+            absl::StrCat("connection ", options_.name, ": cannot open a ",
+                         options_.role, ": ", taken.message()));
+      }
+    }
+    return unit;
+  }
+
+  // Claim's open of a new backend, whose slot (open_, in_use_) and budget
+  // unit are taken.
+  absl::StatusOr<Lease> OpenNew(BackendBudget::Unit unit, uint64_t generation) {
+    absl::StatusOr<std::unique_ptr<T>> backend = hooks_.open();
+    if (!backend.ok()) {
+      {
+        absl::MutexLock lock(&mu_);
+        --open_;
+        --in_use_;
+        ++connect_failures_;
+        last_open_error_ = backend.status();
+        backoff_ = backoff_ == absl::ZeroDuration()
+                       ? options_.backoff_initial
+                       : std::min(backoff_ * 2, options_.backoff_max);
+        // Jitter: many pools must not probe a database in lockstep.
+        backoff_until_ =
+            absl::Now() + backoff_ * absl::Uniform(bitgen_, 0.5, 1.5);
+        GrantWaitersLocked();
+      }
+      FlushGrants();
+      return backend.status();
+    }
+    auto entry = std::make_unique<Entry>();
+    entry->unit = std::move(unit);
+    entry->backend = *std::move(backend);
+    entry->generation = generation;
+    entry->opened = entry->last_used = absl::Now();
+    {
+      absl::MutexLock lock(&mu_);
+      backoff_ = absl::ZeroDuration();
+      backoff_until_ = absl::InfinitePast();
+      ++opened_total_;
+    }
+    return Lease(this->shared_from_this(), std::move(entry));
+  }
 
   int MaxSize() const { return options_.pool_size + options_.max_overflow; }
 

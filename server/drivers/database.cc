@@ -83,7 +83,8 @@ void AddPoolCounters(const BackendPoolCounters& counters, PoolStats* stats) {
 }
 
 BackendPoolOptions PoolOptionsFor(const config::ConnectionSpec& spec,
-                                  std::string role) {
+                                  std::string role,
+                                  const DriverContext& context) {
   const config::PoolSettings& pool = spec.pool;
   BackendPoolOptions options;
   options.name = spec.name;
@@ -97,6 +98,7 @@ BackendPoolOptions PoolOptionsFor(const config::ConnectionSpec& spec,
   options.pre_ping_after =
       pool.pre_ping ? pool.pre_ping_after : absl::InfiniteDuration();
   options.max_waiting = pool.max_waiting;
+  options.budget = context.budget;
   return options;
 }
 

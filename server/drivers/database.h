@@ -12,7 +12,14 @@
 //                       resets the pool and retries.
 //   RESOURCE_EXHAUSTED  no backend became free within the acquire timeout.
 //   CANCELLED           the call's CancelSignal interrupted the statement.
-//   FAILED_PRECONDITION the statement left a transaction open (rolled back).
+//   FAILED_PRECONDITION the statement left a transaction open (rolled back),
+//                       or the database is unusable as configured and
+//                       every backend would meet the same fault (a corrupt
+//                       or read-only SQLite file, one that is not a
+//                       database, a database that does not exist): not
+//                       retried, backends kept.
+//   RESOURCE_EXHAUSTED  also: a daemon-wide bound (limits.max_backends,
+//                       limits.max_open_files) refused a new backend.
 //   PERMISSION_DENIED   the database refused the credentials or the
 //                       statement is not allowed (SQLite's authorizer).
 //   ABORTED             lock contention past the busy timeout, a
@@ -140,9 +147,11 @@ absl::Status TransactionLeftOpenError();
 // SQLite's writer and readers, reports their sum).
 void AddPoolCounters(const BackendPoolCounters& counters, PoolStats* stats);
 
-// BackendPoolOptions for a pool of `role` from a connection's settings.
+// BackendPoolOptions for a pool of `role` from a connection's settings,
+// counting its backends in `context`'s daemon-wide budget.
 BackendPoolOptions PoolOptionsFor(const config::ConnectionSpec& spec,
-                                  std::string role);
+                                  std::string role,
+                                  const DriverContext& context = {});
 
 // Opens the Database of `spec` (type "sql"): sqlite, postgresql,
 // mysql/mariadb. The first backend is opened here, so a bad address or
@@ -150,6 +159,12 @@ BackendPoolOptions PoolOptionsFor(const config::ConnectionSpec& spec,
 // credentials), with the database's message and no secret.
 absl::StatusOr<std::unique_ptr<Database>> OpenDatabase(
     const config::ConnectionSpec& spec);
+
+// OpenDatabase whose pools count their backends in `context.budget` (the
+// daemon's; OpenDatabase alone is unbounded). A separate name, not an
+// overload, so OpenDatabase still converts to a DatabaseFactory.
+absl::StatusOr<std::unique_ptr<Database>> OpenDatabaseWith(
+    const config::ConnectionSpec& spec, const DriverContext& context);
 
 }  // namespace connbroker::server
 

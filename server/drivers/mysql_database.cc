@@ -315,6 +315,11 @@ absl::Status ConnectStatus(const MysqlError& error, const Target& target) {
     case CR_CANT_READ_CHARSET:  // a charset option the library lacks
       status = absl::InvalidArgumentError(text);
       break;
+    case ER_BAD_DB_ERROR:  // 1049: the configured database does not exist
+      // Permanent until someone creates it: not a broken backend to reset
+      // and retry.
+      status = absl::FailedPreconditionError(text);
+      break;
     default:
       status = absl::UnavailableError(text);
   }
@@ -1617,7 +1622,7 @@ RewrittenSql RewriteNamedParams(absl::string_view sql) {
 }  // namespace mysql_internal
 
 absl::StatusOr<std::unique_ptr<Database>> OpenMysqlDatabase(
-    const config::ConnectionSpec& spec) {
+    const config::ConnectionSpec& spec, const DriverContext& context) {
   if (spec.sql.dialect != "mysql" && spec.sql.dialect != "mariadb") {
     return absl::InvalidArgumentError(
         absl::StrCat("connection ", spec.name, ": dialect '", spec.sql.dialect,
@@ -1633,7 +1638,7 @@ absl::StatusOr<std::unique_ptr<Database>> OpenMysqlDatabase(
   hooks.recycle = &RecycleBackend;
   hooks.ping = &PingBackend;
   std::shared_ptr<Pool> pool =
-      Pool::Create(PoolOptionsFor(spec, "backend"), std::move(hooks));
+      Pool::Create(PoolOptionsFor(spec, "backend", context), std::move(hooks));
 
   // Opening one backend now makes a bad address or password fail at Connect.
   {

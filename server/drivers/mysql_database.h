@@ -28,7 +28,7 @@ namespace connbroker::server {
 // TLS), ssl_ca, ssl_cert, ssl_key, ssl_verify_cert (true/false). A host
 // starting with '/' is a Unix socket path.
 absl::StatusOr<std::unique_ptr<Database>> OpenMysqlDatabase(
-    const config::ConnectionSpec& spec);
+    const config::ConnectionSpec& spec, const DriverContext& context = {});
 
 namespace mysql_internal {
 

@@ -18,16 +18,21 @@ namespace connbroker::server {
 
 absl::StatusOr<std::unique_ptr<Database>> OpenDatabase(
     const config::ConnectionSpec& spec) {
+  return OpenDatabaseWith(spec, DriverContext());
+}
+
+absl::StatusOr<std::unique_ptr<Database>> OpenDatabaseWith(
+    const config::ConnectionSpec& spec, const DriverContext& context) {
   if (spec.type != config::kTypeSql) {
     return absl::InvalidArgumentError(
         absl::StrCat("connection ", spec.name, " has type '", spec.type,
                      "', which has no database driver here (only 'sql')"));
   }
   const std::string& dialect = spec.sql.dialect;
-  if (dialect == "sqlite") return OpenSqliteDatabase(spec);
-  if (dialect == "postgresql") return OpenPostgresDatabase(spec);
+  if (dialect == "sqlite") return OpenSqliteDatabase(spec, context);
+  if (dialect == "postgresql") return OpenPostgresDatabase(spec, context);
   if (dialect == "mysql" || dialect == "mariadb") {
-    return OpenMysqlDatabase(spec);
+    return OpenMysqlDatabase(spec, context);
   }
   return absl::InvalidArgumentError(
       absl::StrCat("connection ", spec.name, " has the unknown SQL dialect '",

@@ -795,7 +795,8 @@ bool ContainsAny(absl::string_view text,
 }
 
 // Why a connection attempt failed, as a status: refused credentials are
-// PERMISSION_DENIED (retrying will not help), anything else UNAVAILABLE.
+// PERMISSION_DENIED and a database that does not exist FAILED_PRECONDITION
+// (retrying will not help either), anything else UNAVAILABLE.
 // libpq offers no SQLSTATE before a session exists, so the server's (English)
 // message decides.
 absl::Status ConnectError(const ConnectConfig& config, absl::string_view raw) {
@@ -810,6 +811,10 @@ absl::Status ConnectError(const ConnectConfig& config, absl::string_view raw) {
       (absl::StrContains(message, "role \"") &&
        absl::StrContains(message, "\" does not exist"))) {
     return WithSqlState(absl::PermissionDeniedError(text), "28000");
+  }
+  if (absl::StrContains(message, "database \"") &&
+      absl::StrContains(message, "\" does not exist")) {
+    return WithSqlState(absl::FailedPreconditionError(text), "3D000");
   }
   return absl::UnavailableError(text);
 }
@@ -1780,14 +1785,14 @@ class PostgresDatabase : public SinglePoolDatabase<PgBackend> {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Database>> OpenPostgresDatabase(
-    const config::ConnectionSpec& spec) {
+    const config::ConnectionSpec& spec, const DriverContext& context) {
   ConnectConfig config = BuildConnectConfig(spec);
   Pool::Hooks hooks;
   hooks.open = [config = std::move(config)] { return Connect(config); };
   hooks.recycle = &RecycleBackend;
   hooks.ping = &PingBackend;
   std::shared_ptr<Pool> pool =
-      Pool::Create(PoolOptionsFor(spec, "backend"), std::move(hooks));
+      Pool::Create(PoolOptionsFor(spec, "backend", context), std::move(hooks));
   // Opening one backend now makes a bad host or password fail at Connect.
   {
     absl::StatusOr<Lease> first = pool->Acquire();

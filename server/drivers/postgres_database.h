@@ -24,7 +24,7 @@ namespace connbroker::server {
 // PERMISSION_DENIED when the server refused the credentials. No message
 // holds the password.
 absl::StatusOr<std::unique_ptr<Database>> OpenPostgresDatabase(
-    const config::ConnectionSpec& spec);
+    const config::ConnectionSpec& spec, const DriverContext& context = {});
 
 // Exposed for tests only.
 namespace postgres_internal {

@@ -55,8 +55,12 @@ namespace {
 // Errors
 
 // The one place SQLite result codes become statuses. UNAVAILABLE means "the
-// backend or file is in trouble": the broker resets the pool and retries.
-// Everything about the statement itself is INVALID_ARGUMENT and not retried.
+// backend is in trouble": the broker resets the pool and retries.
+// FAILED_PRECONDITION means the file itself is unusable as configured
+// (corrupt, not a database, cannot be opened, read-only): every backend
+// would meet it again, so it is neither retried nor a reason to close the
+// pool. Everything about the statement itself is INVALID_ARGUMENT and not
+// retried.
 absl::Status SqliteStatus(int rc, absl::string_view message) {
   std::string text(message);
   switch (rc & 0xff) {
@@ -73,18 +77,22 @@ absl::Status SqliteStatus(int rc, absl::string_view message) {
       // retrying would wait out busy_timeout again for every attempt.
       return absl::AbortedError(text);
     case SQLITE_IOERR:
-    case SQLITE_CORRUPT:
-    case SQLITE_NOTADB:
-    case SQLITE_CANTOPEN:
     case SQLITE_FULL:
     case SQLITE_PROTOCOL:
     case SQLITE_SCHEMA:  // prepare_v2 already retried it; a reconnect may not
       return absl::UnavailableError(text);
+    case SQLITE_CORRUPT:   // "database disk image is malformed"
+    case SQLITE_NOTADB:    // "file is not a database"
+    case SQLITE_CANTOPEN:  // a missing directory, no permission
+      // Reopening meets the same file: retrying cost three attempts and a
+      // closed pool per query and could never succeed.
+      return absl::FailedPreconditionError(text);
     case SQLITE_READONLY:
-      // The file became read-only under a read-write backend, or its WAL
-      // needs recovery: a fresh backend may do better. A write to a database
-      // opened read-only (mode=ro) is the statement's fault.
-      if (rc == SQLITE_READONLY) return absl::InvalidArgumentError(text);
+      // A write to a database opened read-only (mode=ro) or to a file the
+      // daemon may not write: permanent. A WAL that needs recovery or a
+      // file moved under a backend (the extended codes) may do better on a
+      // fresh backend.
+      if (rc == SQLITE_READONLY) return absl::FailedPreconditionError(text);
       return absl::UnavailableError(text);
     case SQLITE_NOMEM:
       return absl::ResourceExhaustedError(text);
@@ -743,7 +751,7 @@ int ClampMillis(absl::Duration d) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Database>> OpenSqliteDatabase(
-    const config::ConnectionSpec& spec) {
+    const config::ConnectionSpec& spec, const DriverContext& context) {
   const config::SqlTarget& sql = spec.sql;
   const config::PoolSettings& settings = spec.pool;
   Target target;
@@ -764,7 +772,7 @@ absl::StatusOr<std::unique_ptr<Database>> OpenSqliteDatabase(
   }
 
   // One writer, never closed for idleness (see the file comment).
-  BackendPoolOptions writer_options = PoolOptionsFor(spec, "writer");
+  BackendPoolOptions writer_options = PoolOptionsFor(spec, "writer", context);
   writer_options.pool_size = 1;
   writer_options.max_overflow = 0;
   writer_options.min_idle = 0;
@@ -779,7 +787,7 @@ absl::StatusOr<std::unique_ptr<Database>> OpenSqliteDatabase(
   // pool_size readers; SQLite gains nothing from overflow readers.
   std::shared_ptr<Pool> readers;
   if (!target.memory && settings.pool_size > 0) {
-    BackendPoolOptions reader_options = PoolOptionsFor(spec, "reader");
+    BackendPoolOptions reader_options = PoolOptionsFor(spec, "reader", context);
     reader_options.max_overflow = 0;
     reader_options.pre_ping_after = absl::InfiniteDuration();
     readers = Pool::Create(

@@ -17,7 +17,7 @@ namespace connbroker::server {
 // Opens the writer backend of `spec.sql` (dialect "sqlite") at once, so a bad
 // path fails here: UNAVAILABLE with SQLite's message and the path.
 absl::StatusOr<std::unique_ptr<Database>> OpenSqliteDatabase(
-    const config::ConnectionSpec& spec);
+    const config::ConnectionSpec& spec, const DriverContext& context = {});
 
 }  // namespace connbroker::server
 

@@ -2,8 +2,12 @@
 // pre-ping, the backoff after a failed open, queueing, timeouts and
 // cancellation. The "backend" here is a plain object whose opens and closes
 // are counted: the pool's bookkeeping is under test, not a database (the
-// drivers' tests run the pool against real ones).
+// drivers' tests run the pool against real ones). Also the daemon-wide
+// BackendBudget the pools share.
 #include "server/drivers/backend_pool.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <memory>
@@ -212,6 +216,124 @@ TEST(BackendPoolTest, MinIdleIsKeptOpen) {
   // Idle past the timeout, but min_idle stay.
   EXPECT_EQ(pool->CloseIdle(absl::Now() + absl::Hours(1)), 0);
   EXPECT_EQ(pool->Stats().idle, 2);
+}
+
+// ---------------------------------------------------------------------------
+// The daemon-wide budget (BackendBudget) over several pools.
+
+TEST(BackendBudgetTest, TwoPoolsShareTheBackendLimit) {
+  BackendBudget budget({.max_backends = 2}, [] { return 10; });
+  Counters counters_a;
+  Counters counters_b;
+  std::shared_ptr<Pool> a =
+      MakePool(&counters_a, {.pool_size = 2, .budget = &budget});
+  std::shared_ptr<Pool> b =
+      MakePool(&counters_b, {.pool_size = 2, .budget = &budget});
+
+  absl::StatusOr<Pool::Lease> a1 = a->Acquire();
+  absl::StatusOr<Pool::Lease> b1 = b->Acquire();
+  ASSERT_TRUE(a1.ok() && b1.ok());
+  EXPECT_EQ(budget.open(), 2);
+
+  absl::StatusOr<Pool::Lease> b2 = b->Acquire();
+  ASSERT_EQ(b2.status().code(), absl::StatusCode::kResourceExhausted)
+      << b2.status();
+  EXPECT_THAT(b2.status().message(),
+              HasSubstr("daemon-wide backend limit reached "
+                        "(limits.max_backends = 2 open backends)"));
+  EXPECT_THAT(b2.status().message(), HasSubstr("broker.toml"));
+  // Refused by the daemon, not by the database: no failure counted, no
+  // backoff, and the slot is free again.
+  EXPECT_EQ(b->Stats().connect_failures, 0);
+  EXPECT_EQ(b->Stats().open, 1);
+  EXPECT_EQ(b->Stats().in_use, 1);
+
+  // An idle backend of another pool is not taken from it...
+  a1->Release();
+  EXPECT_FALSE(b->Acquire().ok());
+  // ... but its own pool reuses it.
+  {
+    absl::StatusOr<Pool::Lease> again = a->Acquire();
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_EQ(counters_a.opened.load(), 1);
+  }
+  // Once it closes, the other pool may open.
+  EXPECT_EQ(a->Reset(), 1);
+  EXPECT_EQ(budget.open(), 1);
+  b2 = b->Acquire();
+  ASSERT_TRUE(b2.ok()) << b2.status();
+  EXPECT_EQ(budget.open(), 2);
+
+  // Units go back as backends close, whoever closes them.
+  b1 = absl::UnavailableError("dropped");
+  b2 = absl::UnavailableError("dropped");
+  EXPECT_EQ(budget.open(), 2);  // idle in b
+  b->Close();
+  EXPECT_EQ(budget.open(), 0);
+}
+
+TEST(BackendBudgetTest, MinIdleWaitsForTheBudget) {
+  BackendBudget budget({.max_backends = 1}, [] { return 10; });
+  Counters counters;
+  std::shared_ptr<Pool> pool =
+      MakePool(&counters, {.pool_size = 3, .min_idle = 3, .budget = &budget});
+  pool->FillMinIdle();
+  EXPECT_EQ(pool->Stats().open, 1);
+  EXPECT_EQ(pool->Stats().idle, 1);
+  EXPECT_EQ(budget.open(), 1);
+}
+
+TEST(BackendBudgetTest, RefusesWhenTooFewFilesAreLeftForClients) {
+  std::atomic<int> files{89};
+  BackendBudget budget(
+      {.max_backends = 100, .max_open_files = 100, .reserved_files = 10},
+      [&files] { return files.load(); });
+  BackendBudget::Unit unit;
+  ASSERT_TRUE(budget.TryAcquire(&unit).ok());
+  EXPECT_EQ(budget.open(), 1);
+  files = 90;
+  BackendBudget::Unit refused;
+  absl::Status status = budget.TryAcquire(&refused);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(status.message(), HasSubstr("too many open files in the daemon"));
+  EXPECT_THAT(status.message(), HasSubstr("limits.max_open_files = 100"));
+  EXPECT_THAT(status.message(), HasSubstr("10 kept for client sockets"));
+  EXPECT_EQ(budget.open(), 1);
+  unit.Reset();
+  EXPECT_EQ(budget.open(), 0);
+}
+
+TEST(BackendBudgetTest, CountOpenFilesSeesThisProcess) {
+  const int before = CountOpenFiles();
+  ASSERT_GT(before, 2);  // stdin, stdout, stderr at least
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  EXPECT_EQ(CountOpenFiles(), before + 2);
+  ::close(fds[0]);
+  ::close(fds[1]);
+  EXPECT_EQ(CountOpenFiles(), before);
+}
+
+TEST(BackendBudgetTest, RaiseOpenFilesLimitRaisesTheSoftLimitOnly) {
+  struct rlimit start;
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &start), 0);
+  // Never lowered.
+  ASSERT_TRUE(RaiseOpenFilesLimit(16).ok());
+  struct rlimit now;
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &now), 0);
+  EXPECT_EQ(now.rlim_cur, start.rlim_cur);
+  if (start.rlim_max == RLIM_INFINITY || start.rlim_max > start.rlim_cur) {
+    ASSERT_TRUE(RaiseOpenFilesLimit(static_cast<int>(start.rlim_cur) + 1).ok());
+    ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &now), 0);
+    EXPECT_EQ(now.rlim_cur, start.rlim_cur + 1);
+  }
+  // Past the hard limit: held to it.
+  if (start.rlim_max != RLIM_INFINITY && start.rlim_max < (1u << 30)) {
+    ASSERT_TRUE(RaiseOpenFilesLimit(1 << 30).ok());
+    ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &now), 0);
+    EXPECT_EQ(now.rlim_cur, start.rlim_max);
+  }
+  ::setrlimit(RLIMIT_NOFILE, &start);
 }
 
 }  // namespace

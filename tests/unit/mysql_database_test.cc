@@ -722,6 +722,18 @@ TEST_F(MysqlDatabaseTest, BadPasswordIsPermissionDenied) {
   EXPECT_EQ(SqlStateOf(db.status()), "28000");
 }
 
+TEST_F(MysqlDatabaseTest, AMissingDatabaseIsAFailedPreconditionNotRetried) {
+  config::ConnectionSpec spec = Spec();
+  spec.sql.database = "no_such_database_4711";
+  absl::StatusOr<std::unique_ptr<Database>> db = OpenMysqlDatabase(spec);
+  // Not UNAVAILABLE: the broker would reset the pool and retry a fault no
+  // reconnect can mend.
+  ASSERT_EQ(db.status().code(), absl::StatusCode::kFailedPrecondition)
+      << db.status();
+  EXPECT_THAT(db.status().message(), HasSubstr("Unknown database"));
+  EXPECT_THAT(db.status().message(), HasSubstr("1049"));
+}
+
 TEST_F(MysqlDatabaseTest, UnreachableServerIsUnavailable) {
   // A port nobody listens on: bound, then closed.
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);

@@ -575,6 +575,19 @@ TEST_F(PostgresDatabaseTest, BadPasswordIsPermissionDeniedWithoutThePassword) {
   EXPECT_EQ(SqlStateOf(db.status()), "28P01");
 }
 
+TEST_F(PostgresDatabaseTest, AMissingDatabaseIsAFailedPreconditionNotRetried) {
+  config::ConnectionSpec spec = Spec();
+  spec.sql.database = "no_such_database_4711";
+  absl::StatusOr<std::unique_ptr<Database>> db = OpenPostgresDatabase(spec);
+  ASSERT_FALSE(db.ok());
+  // Not UNAVAILABLE: the broker would reset the pool and retry a fault no
+  // reconnect can mend.
+  EXPECT_EQ(db.status().code(), absl::StatusCode::kFailedPrecondition)
+      << db.status();
+  EXPECT_THAT(db.status().message(), HasSubstr("does not exist"));
+  EXPECT_EQ(SqlStateOf(db.status()), "3D000");
+}
+
 TEST_F(PostgresDatabaseTest, UnreachableServerIsUnavailable) {
   config::ConnectionSpec spec = Spec();
   spec.sql.port = UnusedPort();

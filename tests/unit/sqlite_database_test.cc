@@ -706,7 +706,8 @@ TEST_F(SqliteDatabaseTest, InMemoryDatabaseSharesStateAcrossCalls) {
   }
 }
 
-TEST_F(SqliteDatabaseTest, MissingFileIsCreatedMissingDirectoryIsUnavailable) {
+TEST_F(SqliteDatabaseTest,
+       MissingFileIsCreatedMissingDirectoryIsAFailedPrecondition) {
   std::string path = PathOf("new.db");
   ASSERT_FALSE(std::filesystem::exists(path));
   std::unique_ptr<Database> db = Open(Spec(path));
@@ -716,7 +717,8 @@ TEST_F(SqliteDatabaseTest, MissingFileIsCreatedMissingDirectoryIsUnavailable) {
   std::string missing = PathOf("no/such/dir/app.db");
   absl::StatusOr<std::unique_ptr<Database>> bad = OpenDatabase(Spec(missing));
   ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnavailable);
+  // Permanent: reopening would meet the same missing directory.
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(bad.status().message(),
               HasSubstr("unable to open database file"));
   EXPECT_THAT(bad.status().message(), HasSubstr(missing));
@@ -749,7 +751,7 @@ TEST_F(SqliteDatabaseTest, ModeReadOnlyRefusesWrites) {
   absl::StatusOr<ExecuteResult> write =
       ExecuteNow(*db, "INSERT INTO t VALUES (2)", {});
   ASSERT_FALSE(write.ok());
-  EXPECT_EQ(write.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(write.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(write.status().message(), HasSubstr("readonly database"));
 
   // mode=ro never creates a file.
@@ -757,7 +759,7 @@ TEST_F(SqliteDatabaseTest, ModeReadOnlyRefusesWrites) {
   absent.sql.query["mode"] = "ro";
   absl::StatusOr<std::unique_ptr<Database>> none = OpenDatabase(absent);
   ASSERT_FALSE(none.ok());
-  EXPECT_EQ(none.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_FALSE(std::filesystem::exists(PathOf("absent.db")));
 }
 
