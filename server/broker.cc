@@ -380,7 +380,9 @@ absl::StatusOr<v1::ResetResponse> Broker::Reset(const v1::ResetRequest& request,
 
 absl::StatusOr<v1::ListConnectionsResponse> Broker::ListConnections(
     const v1::ListConnectionsRequest& request, const Caller& caller) const {
-  if (!caller.admin) return NeedsAdmin(caller, "ListConnections");
+  if (request.all_sessions() && !caller.admin) {
+    return NeedsAdmin(caller, "ListConnections of every session");
+  }
   absl::flat_hash_map<std::string, std::string> key_of_handle;
   for (const std::shared_ptr<Connection>& live : registry_.LiveConnections()) {
     key_of_handle[live->handle()] = live->key();
@@ -388,6 +390,8 @@ absl::StatusOr<v1::ListConnectionsResponse> Broker::ListConnections(
   v1::ListConnectionsResponse response;
   for (const ConnectionSnapshot& snapshot :
        registry_.List(ListFilter{caller.session, request.all_sessions()})) {
+    // A limited caller sees the connections it may use, nothing else.
+    if (!caller.MayUse(snapshot.name)) continue;
     v1::ConnectionInfo* info = response.add_connections();
     info->set_handle(snapshot.handle);
     info->set_name(snapshot.name);

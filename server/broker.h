@@ -69,7 +69,8 @@ class Broker {
 
   // Every call names its Caller: connection names are checked against
   // caller.names (PERMISSION_DENIED), session-scoped handles against
-  // caller.session, and listing, stats and reset need caller.admin.
+  // caller.session; stats, reset and listing every session's connections
+  // need caller.admin, and a listing shows only names the caller may use.
   absl::StatusOr<v1::ConnectResponse> Connect(const v1::ConnectRequest& request,
                                               const Caller& caller);
   // `resume`: see QueryRun.

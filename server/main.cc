@@ -24,6 +24,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/access_policy.h"
 #include "server/broker.h"
 #include "server/broker_service.h"
 #include "server/drivers/backend_budget.h"
@@ -31,6 +32,7 @@
 #include "server/janitor.h"
 #include "server/listen_address.h"
 #include "server/logging.h"
+#include "server/tls_credentials.h"
 #include "server/worker_pool.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 
@@ -44,6 +46,7 @@ Serves cached, shared database connections configured from secrets.toml.
 
   --listen ADDR      unix:/abs/path (default: $XDG_RUNTIME_DIR/connbroker.sock,
                      else /tmp/connbroker-<uid>/connbroker.sock) or host:port
+                     (TCP needs [tls] and [auth] in broker.toml)
   --secrets FILE     a secrets file; repeatable, later files win key by key
                      (default: $CONNBROKER_SECRETS, else
                      ~/.streamlit/secrets.toml and ./.streamlit/secrets.toml)
@@ -52,8 +55,8 @@ Serves cached, shared database connections configured from secrets.toml.
   --workers N        threads for database work (default 16)
   --help
 
-Secrets are re-read when a file changes on disk (checked every second) and on
-SIGHUP. SIGTERM/SIGINT shut down gracefully.
+Secrets and token files are re-read when a file changes on disk (checked
+every second) and on SIGHUP. SIGTERM/SIGINT shut down gracefully.
 )";
 
 struct Flags {
@@ -161,11 +164,54 @@ int Run(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
+  absl::StatusOr<std::optional<SocketGroup>> socket_group =
+      ResolveSocketGroup(settings.access.socket_group);
+  if (!socket_group.ok()) {
+    spdlog::critical("{}", socket_group.status().message());
+    return 1;
+  }
+  if (absl::Status s = CheckListenerSecurity(settings.listen, settings.access);
+      !s.ok()) {
+    spdlog::critical("{}", s.message());
+    return 1;
+  }
   absl::StatusOr<std::string> socket_path =
-      PrepareListenAddress(settings.listen);
+      PrepareListenAddress(settings.listen, *socket_group);
   if (!socket_path.ok()) {
     spdlog::critical("{}", socket_path.status().message());
     return 1;
+  }
+  const bool tcp = socket_path->empty();
+  absl::StatusOr<std::unique_ptr<AccessPolicy>> access_policy =
+      AccessPolicy::Load(settings.access, tcp);
+  if (!access_policy.ok()) {
+    spdlog::critical("{}", access_policy.status().message());
+    return 1;
+  }
+  AccessPolicy& policy = **access_policy;
+  std::shared_ptr<grpc::ServerCredentials> credentials =
+      grpc::InsecureServerCredentials();
+  if (tcp && settings.access.tls()) {
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tls =
+        TlsServerCredentials(settings.access);
+    if (!tls.ok()) {
+      spdlog::critical("{}", tls.status().message());
+      return 1;
+    }
+    credentials = *std::move(tls);
+    credentials->SetAuthMetadataProcessor(policy.MakeAuthMetadataProcessor());
+  } else if (tcp) {
+    // CheckListenerSecurity let it through: insecure_loopback on loopback.
+    spdlog::warn(
+        "insecure_loopback: plain TCP on {}; every local user can connect{}",
+        settings.listen,
+        policy.tokens_required() ? " (bearer tokens still required)"
+                                 : " with full access (no token_files)");
+  } else if (settings.access.tls()) {
+    spdlog::warn("[tls] is not used on a Unix socket ({})", settings.listen);
+  }
+  if (tcp && socket_group->has_value()) {
+    spdlog::warn("socket_group is not used on TCP ({})", settings.listen);
   }
 
   Broker::Options options;
@@ -196,40 +242,58 @@ int Run(int argc, char** argv) {
     pool->Submit(std::move(work));
   };
   Broker broker(std::move(options), Clock::Real());
-  BrokerService service(&broker, workers.get());
+  BrokerService service(&broker, workers.get(),
+                        [&policy](const grpc::CallbackServerContext& context,
+                                  std::string session) {
+                          return policy.Authenticate(context,
+                                                     std::move(session));
+                        });
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(settings.listen, grpc::InsecureServerCredentials());
+  builder.AddListeningPort(settings.listen, credentials);
   builder.RegisterService(&service);
-  // The socket is created with the process umask: make it 0600 from the
-  // start rather than chmod it after clients could already connect.
-  mode_t old_umask = ::umask(0177);
+  // The socket is created with the process umask: make it 0600 (0660 for a
+  // socket_group) from the start rather than chmod it after clients could
+  // already connect. Until the chgrp below it has the daemon's own group,
+  // but only the socket_group can search its directory (0710).
+  mode_t old_umask = ::umask(socket_group->has_value() ? 0117 : 0177);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   ::umask(old_umask);
   if (server == nullptr) {
     spdlog::critical("cannot listen on {}", settings.listen);
     return 1;
   }
+  if (!tcp && socket_group->has_value()) {
+    if (absl::Status s = ShareSocketWithGroup(*socket_path, **socket_group);
+        !s.ok()) {
+      spdlog::critical("{}", s.message());
+      server->Shutdown();
+      ::unlink(socket_path->c_str());
+      return 1;
+    }
+  }
   // Health checks may name the service (as Kubernetes probes do) or not.
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(v1::ConnectionBroker::service_full_name(), true);
   health->SetServingStatus(true);
-  if (socket_path->empty()) {
-    spdlog::warn("listening on TCP {} without TLS or authentication",
-                 settings.listen);
-  }
-  Janitor janitor(absl::Seconds(1), [&broker] { broker.Upkeep(); });
-  spdlog::info("serving on {} ({} worker threads)", settings.listen,
-               settings.worker_threads);
+  Janitor janitor(absl::Seconds(1), [&broker, &policy] {
+    broker.Upkeep();
+    policy.Reload().IgnoreError();  // logged by Reload
+  });
+  spdlog::info(
+      "serving on {} ({}{} token(s), {} worker threads)", settings.listen,
+      tcp ? (settings.access.tls() ? "TLS, " : "plain TCP, ") : "unix socket, ",
+      policy.token_count(), settings.worker_threads);
 
   while (true) {
     int signal_number = 0;
     if (sigwait(&signals, &signal_number) != 0) continue;
     if (signal_number == SIGHUP) {
-      spdlog::info("SIGHUP: reloading secrets");
+      spdlog::info("SIGHUP: reloading secrets and token files");
       broker.ReloadSecrets().IgnoreError();  // logged by ReloadSecrets
+      policy.Reload().IgnoreError();         // logged by Reload
       continue;
     }
     spdlog::info("{}: draining in-flight calls", strsignal(signal_number));

@@ -7,15 +7,19 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -60,6 +64,13 @@ common flags:
                        unix:${XDG_RUNTIME_DIR:-/tmp/connbroker-$UID}/connbroker.sock
   --deadline DUR       deadline of each call (default 30s)
   --session ID         session id, for connections with scope = "session"
+  --token-file FILE    a file holding the bearer token (required on TCP);
+                       default $CONNBROKER_TOKEN_FILE. Never on the command
+                       line itself, where other users can read it
+  --ca FILE            TLS: CA certificates (PEM) the daemon's certificate is
+                       checked against; default $CONNBROKER_CA. Given: TLS on
+  --cert FILE, --key FILE
+                       TLS: a client certificate and its key (PEM)
 
 values:     42 is an int64, 4.5 a double, true/false a bool, null is NULL,
             anything else text; "text:" forces text (text:42)
@@ -108,8 +119,9 @@ struct Args {
   }
 };
 
-const std::set<std::string> kCommonFlags = {"format", "target", "deadline",
-                                            "session"};
+const std::set<std::string> kCommonFlags = {"format",  "target",     "deadline",
+                                            "session", "token-file", "ca",
+                                            "cert",    "key"};
 const std::set<std::string> kConnectFlags = {"type", "kwarg", "connect-ttl",
                                              "max-entries"};
 const std::set<std::string> kRepeatable = {"param", "named", "kwarg"};
@@ -193,10 +205,61 @@ absl::StatusOr<std::map<std::string, Value>> KeyValues(
   return out;
 }
 
+// The whole of a file the user named with `flag`.
+absl::StatusOr<std::string> ReadFlagFile(const std::string& flag,
+                                         const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", flag, ": cannot read ", path, ": ", std::strerror(errno)));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// A flag's value, else the environment variable's (empty counts as unset).
+std::optional<std::string> FlagOrEnv(const Args& args, const std::string& flag,
+                                     const char* env) {
+  if (std::optional<std::string> value = args.Get(flag)) return value;
+  const char* value = std::getenv(env);
+  if (value != nullptr && *value != '\0') return std::string(value);
+  return std::nullopt;
+}
+
 absl::StatusOr<std::unique_ptr<Client>> MakeClient(const Args& args) {
   ClientOptions options;
   options.target = args.Get("target").value_or("");
   options.session_id = args.Get("session").value_or("");
+  if (std::optional<std::string> path =
+          FlagOrEnv(args, "token-file", "CONNBROKER_TOKEN_FILE")) {
+    absl::StatusOr<std::string> token = ReadFlagFile("token-file", *path);
+    if (!token.ok()) return token.status();
+    options.bearer_token = std::string(absl::StripAsciiWhitespace(*token));
+    if (options.bearer_token.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--token-file: ", *path, " is empty"));
+    }
+  }
+  if (std::optional<std::string> path =
+          FlagOrEnv(args, "ca", "CONNBROKER_CA")) {
+    absl::StatusOr<std::string> pem = ReadFlagFile("ca", *path);
+    if (!pem.ok()) return pem.status();
+    options.tls = true;
+    options.root_certs_pem = *std::move(pem);
+  }
+  if (args.Get("cert").has_value() != args.Get("key").has_value()) {
+    return absl::InvalidArgumentError("--cert and --key go together");
+  }
+  if (std::optional<std::string> path = args.Get("cert")) {
+    absl::StatusOr<std::string> cert = ReadFlagFile("cert", *path);
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadFlagFile("key", *args.Get("key"));
+    if (!key.ok()) return key.status();
+    options.tls = true;
+    options.client_cert_pem = *std::move(cert);
+    options.client_key_pem = *std::move(key);
+  }
   if (std::optional<std::string> d = args.Get("deadline")) {
     absl::StatusOr<absl::Duration> deadline = ParseDuration(*d);
     if (!deadline.ok()) return deadline.status();

@@ -25,6 +25,7 @@ namespace connbroker {
 namespace {
 
 constexpr char kSessionKey[] = "connbroker-session";
+constexpr char kAuthorizationKey[] = "authorization";
 constexpr char kErrorDetailKey[] = "connbroker-error-bin";
 // Matches the daemon's batch limit (about 1 MiB a batch) with room to spare;
 // gRPC's default of 4 MiB would refuse a large single-row batch.
@@ -126,14 +127,18 @@ std::string DefaultTarget() {
 class ClientCore {
  public:
   ClientCore(std::string target, absl::Duration default_deadline,
-             std::string session_id)
+             std::string session_id,
+             std::shared_ptr<grpc::ChannelCredentials> credentials,
+             std::string bearer_token)
       : target_(std::move(target)),
         default_deadline_(default_deadline),
-        session_id_(std::move(session_id)) {
+        session_id_(std::move(session_id)),
+        authorization_(bearer_token.empty()
+                           ? std::string()
+                           : absl::StrCat("Bearer ", bearer_token)) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
-    channel_ = grpc::CreateCustomChannel(
-        target_, grpc::InsecureChannelCredentials(), args);
+    channel_ = grpc::CreateCustomChannel(target_, credentials, args);
     stub_ = v1::ConnectionBroker::NewStub(channel_);
   }
 
@@ -149,6 +154,9 @@ class ClientCore {
   void Prepare(grpc::ClientContext& context, absl::Time deadline) const {
     context.set_deadline(absl::ToChronoTime(deadline));
     context.AddMetadata(kSessionKey, session_id_);
+    if (!authorization_.empty()) {
+      context.AddMetadata(kAuthorizationKey, authorization_);
+    }
   }
 
   // The one place gRPC failures become the library's errors. A transport
@@ -204,6 +212,7 @@ class ClientCore {
   const std::string target_;
   const absl::Duration default_deadline_;
   const std::string session_id_;
+  const std::string authorization_;  // "Bearer <token>", or empty
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::ConnectionBroker::Stub> stub_;
 };
@@ -464,8 +473,28 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
   std::string session = options.session_id.empty()
                             ? RandomSessionId()
                             : std::move(options.session_id);
+  if (options.client_cert_pem.empty() != options.client_key_pem.empty()) {
+    return absl::InvalidArgumentError(
+        "client_cert_pem and client_key_pem go together: set both or "
+        "neither");
+  }
+  if (options.bearer_token.find_first_of("\r\n") != std::string::npos) {
+    return absl::InvalidArgumentError(
+        "bearer_token must be one line (no line breaks)");
+  }
+  std::shared_ptr<grpc::ChannelCredentials> credentials =
+      grpc::InsecureChannelCredentials();
+  if (options.tls || !options.root_certs_pem.empty() ||
+      !options.client_cert_pem.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.root_certs_pem;
+    ssl.pem_cert_chain = options.client_cert_pem;
+    ssl.pem_private_key = options.client_key_pem;
+    credentials = grpc::SslCredentials(ssl);
+  }
   auto core = std::make_shared<ClientCore>(
-      std::move(target), options.default_deadline, std::move(session));
+      std::move(target), options.default_deadline, std::move(session),
+      std::move(credentials), std::move(options.bearer_token));
   return std::unique_ptr<Client>(new Client(std::move(core)));
 }
 

@@ -124,6 +124,32 @@ class SettingsReader {
       return ListEntry(key, "security.env_names", value, env_names_);
     }
     if (absl::StartsWith(key, "limits.")) return Limit(key, value);
+    if (key == "broker.socket_group") {
+      if (absl::Status s = Text(key, value, settings_.access.socket_group);
+          !s.ok()) {
+        return s;
+      }
+      if (settings_.access.socket_group.empty())
+        return Error(key, "must not be empty");
+      return absl::OkStatus();
+    }
+    if (key == "broker.insecure_loopback") {
+      return Bool(key, value, settings_.access.insecure_loopback);
+    }
+    if (key == "tls.cert_file")
+      return Path(key, value, settings_.access.tls_cert_file);
+    if (key == "tls.key_file")
+      return Path(key, value, settings_.access.tls_key_file);
+    if (key == "tls.client_ca_file") {
+      return Path(key, value, settings_.access.tls_client_ca_file);
+    }
+    if (key == "tls.require_client_cert") {
+      return Bool(key, value, settings_.access.tls_require_client_cert);
+    }
+    if (key == "auth.token_files" ||
+        absl::StartsWith(key, "auth.token_files.")) {
+      return ListEntry(key, "auth.token_files", value, token_files_);
+    }
     if (key == "query.chunk_rows") {
       return Int(key, value, 1, 1000000, settings_.default_chunk_rows);
     }
@@ -146,6 +172,7 @@ class SettingsReader {
   // Array entries arrive as secrets.0, secrets.1, ... sorted as text
   // ("10" before "2"); the maps put them back in numeric order.
   absl::Status Finish() {
+    if (absl::Status s = FinishAccess(); !s.ok()) return s;
     if (!secrets_.empty()) {
       settings_.secrets.clear();
       for (auto& [index, path] : secrets_) {
@@ -207,6 +234,57 @@ class SettingsReader {
   }
 
  private:
+  // [tls] and [auth]: what only makes sense together.
+  absl::Status FinishAccess() {
+    for (auto& [index, file] : token_files_) {
+      if (!std::filesystem::path(file).is_absolute()) {
+        return Error(
+            "auth.token_files",
+            absl::StrCat("must hold absolute paths; '", file, "' is relative"));
+      }
+      settings_.access.token_files.push_back(std::move(file));
+    }
+    if (settings_.access.tls_cert_file.empty() !=
+        settings_.access.tls_key_file.empty()) {
+      return Error(settings_.access.tls_cert_file.empty() ? "tls.key_file"
+                                                          : "tls.cert_file",
+                   "needs its partner: set both tls.cert_file and "
+                   "tls.key_file");
+    }
+    if (!settings_.access.tls_client_ca_file.empty() &&
+        !settings_.access.tls()) {
+      return Error("tls.client_ca_file",
+                   "needs tls.cert_file and tls.key_file");
+    }
+    if (settings_.access.tls_require_client_cert &&
+        settings_.access.tls_client_ca_file.empty()) {
+      return Error("tls.require_client_cert",
+                   "needs tls.client_ca_file to verify the certificates "
+                   "against");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Bool(const std::string& key, const Value& value,
+                    bool& out) const {
+    const auto* flag = std::get_if<bool>(&value);
+    if (flag == nullptr) return Error(key, "must be true or false");
+    out = *flag;
+    return absl::OkStatus();
+  }
+
+  // An absolute file path: relative ones would depend on the directory the
+  // daemon happened to be started in.
+  absl::Status Path(const std::string& key, const Value& value,
+                    std::string& out) const {
+    if (absl::Status s = Text(key, value, out); !s.ok()) return s;
+    if (!std::filesystem::path(out).is_absolute()) {
+      return Error(key, absl::StrCat("must be an absolute path; '", out,
+                                     "' is relative"));
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status Error(const std::string& key, absl::string_view what) const {
     return absl::InvalidArgumentError(
         absl::StrCat(path_, ": '", key, "' ", what));
@@ -364,6 +442,7 @@ class SettingsReader {
   std::map<size_t, std::string> sqlite_dirs_;
   std::map<size_t, std::string> hosts_;
   std::map<size_t, std::string> env_names_;
+  std::map<size_t, std::string> token_files_;
   // PoolSettings field -> the [pool] key that set it.
   std::map<std::string, std::string> pool_keys_;
 };

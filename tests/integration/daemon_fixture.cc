@@ -111,6 +111,31 @@ ProcessResult ChildProcess::Wait() {
   return result;
 }
 
+ProcessResult ChildProcess::WaitAtMost(int timeout_ms) {
+  // A bounded wait for an exit the test expects, not a sleep hiding a race:
+  // if the child never exits, the test fails instead of hanging.
+  for (int waited = 0; !reaped_ && waited < timeout_ms; waited += 10) {
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      reaped_ = true;
+      ProcessResult result;
+      result.exit_code =
+          WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      result.out = ReadFile(out_path_);
+      result.err = ReadFile(err_path_);
+      return result;
+    }
+    ::usleep(10 * 1000);
+  }
+  if (!reaped_) {
+    ::kill(pid_, SIGKILL);
+    ProcessResult result = Wait();
+    result.exit_code = -1;
+    return result;
+  }
+  return Wait();
+}
+
 std::string ChildProcess::StderrSoFar() const { return ReadFile(err_path_); }
 
 ProcessResult RunCli(const std::string& target, const TempDir& dir,
@@ -172,8 +197,8 @@ std::unique_ptr<Daemon> Daemon::Start(const Options& options) {
   return StartOn("", options);
 }
 
-std::unique_ptr<Daemon> Daemon::StartOn(const std::string& socket_dir,
-                                        const Options& options) {
+std::unique_ptr<Daemon> Daemon::Launch(const std::string& socket_dir,
+                                       const Options& options) {
   // A daemon shutting down waits for each connected client to answer a
   // ping, and an idle gRPC C++ client only polls its socket every 5 s by
   // default. Poll often, so a restart does not cost the test 5 s.
@@ -181,7 +206,9 @@ std::unique_ptr<Daemon> Daemon::StartOn(const std::string& socket_dir,
   std::unique_ptr<Daemon> daemon(new Daemon());
   daemon->dir_ = std::make_unique<TempDir>();
   daemon->socket_dir_ = socket_dir.empty() ? daemon->dir_->path() : socket_dir;
-  daemon->target_ = "unix:" + daemon->socket_dir_ + "/broker.sock";
+  daemon->target_ = options.listen.empty()
+                        ? "unix:" + daemon->socket_dir_ + "/broker.sock"
+                        : options.listen;
   std::vector<std::string> argv = {CONNBROKERD_PATH, "--listen",
                                    daemon->target_, "--log-level", "debug"};
   for (const std::string& file : options.secrets_files) {
@@ -198,7 +225,13 @@ std::unique_ptr<Daemon> Daemon::StartOn(const std::string& socket_dir,
       std::map<std::string, std::string>{{"HOME", daemon->dir_->path()},
                                          {"CONNBROKER_SECRETS", ""}},
       daemon->dir_->path(), working_dir);
-  if (!daemon->WaitUntilServing()) {
+  return daemon;
+}
+
+std::unique_ptr<Daemon> Daemon::StartOn(const std::string& socket_dir,
+                                        const Options& options) {
+  std::unique_ptr<Daemon> daemon = Launch(socket_dir, options);
+  if (!daemon->WaitUntilServing(options)) {
     ADD_FAILURE() << "connbrokerd did not start serving; its log:\n"
                   << daemon->Log();
     return nullptr;
@@ -206,7 +239,14 @@ std::unique_ptr<Daemon> Daemon::StartOn(const std::string& socket_dir,
   return daemon;
 }
 
-bool Daemon::WaitUntilServing() {
+ProcessResult Daemon::RunExpectingExit(const Options& options) {
+  std::unique_ptr<Daemon> daemon = Launch("", options);
+  ProcessResult result = daemon->process_->WaitAtMost(20000);
+  daemon->process_.reset();
+  return result;
+}
+
+bool Daemon::WaitUntilServing(const Options& options) {
   // wait_for_ready makes the call wait for the socket to accept, so no
   // polling: it returns as soon as the daemon serves, or at the deadline.
   // The socket appears a moment after the process starts; retry connecting
@@ -215,11 +255,22 @@ bool Daemon::WaitUntilServing() {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 20);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 20);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 100);
-  auto channel = grpc::CreateCustomChannel(
-      target_, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> credentials =
+      grpc::InsecureChannelCredentials();
+  if (!options.root_certs_pem.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.root_certs_pem;
+    ssl.pem_cert_chain = options.client_cert_pem;
+    ssl.pem_private_key = options.client_key_pem;
+    credentials = grpc::SslCredentials(ssl);
+  }
+  auto channel = grpc::CreateCustomChannel(target_, credentials, args);
   auto stub = v1::ConnectionBroker::NewStub(channel);
   grpc::ClientContext context;
   context.set_wait_for_ready(true);
+  if (!options.bearer_token.empty()) {
+    context.AddMetadata("authorization", "Bearer " + options.bearer_token);
+  }
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::seconds(20));
   v1::GetStatsResponse stats;

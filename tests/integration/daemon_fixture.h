@@ -43,6 +43,9 @@ class ChildProcess {
   void Signal(int signal_number) const;
   // Waits for the child to exit.
   ProcessResult Wait();
+  // Waits up to `timeout_ms` for the child to exit; if it is still running
+  // then, kills it and returns exit_code -1 (a test failure to report).
+  ProcessResult WaitAtMost(int timeout_ms);
   std::string StderrSoFar() const;
 
  private:
@@ -67,6 +70,15 @@ class Daemon {
     std::vector<std::string> secrets_files = {};
     std::vector<std::string> extra_args = {};
     std::string working_dir = "";  // default: the daemon's temporary directory
+    // Where to listen instead of the Unix socket in the temporary directory
+    // ("127.0.0.1:PORT", "unix:/other/dir/broker.sock").
+    std::string listen = "";
+    // How the readiness check (only it) reaches a TLS daemon: the CA
+    // certificates, a client certificate and key, and a bearer token.
+    std::string root_certs_pem = "";
+    std::string client_cert_pem = "";
+    std::string client_key_pem = "";
+    std::string bearer_token = "";
   };
 
   // Starts the daemon and waits until it answers on its socket.
@@ -76,6 +88,9 @@ class Daemon {
   // restart); empty: in its own temporary directory.
   static std::unique_ptr<Daemon> StartOn(const std::string& socket_dir,
                                          const Options& options);
+  // Runs a daemon that is expected to refuse to start, and returns how it
+  // exited (exit_code -1 if it was still running after 20 s).
+  static ProcessResult RunExpectingExit(const Options& options);
   ~Daemon();  // SIGTERM if still running
 
   const std::string& target() const { return target_; }
@@ -98,7 +113,10 @@ class Daemon {
 
  private:
   Daemon() = default;
-  bool WaitUntilServing();
+  // Starts the process; `socket_dir` as for StartOn.
+  static std::unique_ptr<Daemon> Launch(const std::string& socket_dir,
+                                        const Options& options);
+  bool WaitUntilServing(const Options& options);
 
   std::unique_ptr<TempDir> dir_;
   std::string socket_dir_;

@@ -332,5 +332,78 @@ TEST_F(BrokerSettingsTest, MissingFileIsNotFound) {
               HasSubstr("/nonexistent/connbroker/broker.toml"));
 }
 
+TEST_F(BrokerSettingsTest, AccessIsClosedByDefault) {
+  absl::StatusOr<BrokerSettings> s = LoadBrokerSettings(Write(""));
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->access.socket_group, "");
+  EXPECT_FALSE(s->access.insecure_loopback);
+  EXPECT_FALSE(s->access.tls());
+  EXPECT_FALSE(s->access.tls_require_client_cert);
+  EXPECT_TRUE(s->access.token_files.empty());
+}
+
+TEST_F(BrokerSettingsTest, ReadsAccessKeys) {
+  absl::StatusOr<BrokerSettings> s = LoadBrokerSettings(Write(R"(
+[broker]
+socket_group = "connbroker"
+insecure_loopback = true
+[tls]
+cert_file = "/etc/connbroker/server.pem"
+key_file = "/etc/connbroker/server.key"
+client_ca_file = "/etc/connbroker/clients.pem"
+require_client_cert = true
+[auth]
+token_files = ["/t/0", "/t/1", "/t/2", "/t/3", "/t/4", "/t/5", "/t/6",
+               "/t/7", "/t/8", "/t/9", "/t/10"]
+)"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  const AccessSettings& a = s->access;
+  EXPECT_EQ(a.socket_group, "connbroker");
+  EXPECT_TRUE(a.insecure_loopback);
+  EXPECT_TRUE(a.tls());
+  EXPECT_EQ(a.tls_cert_file, "/etc/connbroker/server.pem");
+  EXPECT_EQ(a.tls_key_file, "/etc/connbroker/server.key");
+  EXPECT_EQ(a.tls_client_ca_file, "/etc/connbroker/clients.pem");
+  EXPECT_TRUE(a.tls_require_client_cert);
+  // Numeric order, not "10" after "1".
+  ASSERT_EQ(a.token_files.size(), 11u);
+  EXPECT_EQ(a.token_files[2], "/t/2");
+  EXPECT_EQ(a.token_files[10], "/t/10");
+}
+
+TEST_F(BrokerSettingsTest, OneTokenFileNeedsNoArray) {
+  absl::StatusOr<BrokerSettings> s =
+      LoadBrokerSettings(Write("[auth]\ntoken_files = \"/etc/t.toml\"\n"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_THAT(s->access.token_files, ElementsAre("/etc/t.toml"));
+}
+
+TEST_F(BrokerSettingsTest, AccessMistakesAreNamed) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"[tls]\ncert_file = \"/a.pem\"\n", "tls.cert_file"},
+      {"[tls]\nkey_file = \"/a.key\"\n", "tls.key_file"},
+      {"[tls]\nclient_ca_file = \"/ca.pem\"\n", "tls.client_ca_file"},
+      {"[tls]\ncert_file = \"/a\"\nkey_file = \"/b\"\n"
+       "require_client_cert = true\n",
+       "tls.require_client_cert"},
+      {"[tls]\ncert_file = \"a.pem\"\nkey_file = \"/b\"\n", "tls.cert_file"},
+      {"[tls]\ncert_file = \"/a\"\nkey_file = \"/b\"\nverify = true\n",
+       "tls.verify"},
+      {"[tls]\nrequire_client_cert = \"yes\"\n", "tls.require_client_cert"},
+      {"[auth]\ntoken_files = [\"tokens/a.toml\"]\n", "auth.token_files"},
+      {"[auth]\ntoken_files = [\"\"]\n", "auth.token_files"},
+      {"[auth]\ntokens = [\"/a\"]\n", "auth.tokens"},
+      {"[broker]\nsocket_group = \"\"\n", "broker.socket_group"},
+      {"[broker]\nsocket_group = 100\n", "broker.socket_group"},
+      {"[broker]\ninsecure_loopback = 1\n", "broker.insecure_loopback"},
+  };
+  for (const auto& [text, key] : cases) {
+    absl::StatusOr<BrokerSettings> s = LoadBrokerSettings(Write(text));
+    ASSERT_FALSE(s.ok()) << text;
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_THAT(std::string(s.status().message()), HasSubstr(key)) << text;
+  }
+}
+
 }  // namespace
 }  // namespace connbroker::config

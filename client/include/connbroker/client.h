@@ -53,6 +53,20 @@ struct ClientOptions {
   // section says scope = "session" are private to it. Empty: a random id per
   // Client.
   std::string session_id{};
+
+  // TLS, for a daemon listening on TCP with [tls]: on when `tls` is set or
+  // any PEM below is given. root_certs_pem: the CA certificates the daemon's
+  // certificate is checked against (empty: the system's).
+  bool tls = false;
+  std::string root_certs_pem{};
+  // A client certificate chain and its private key (PEM), for a daemon that
+  // asks for one ([tls] client_ca_file). Both or neither.
+  std::string client_cert_pem{};
+  std::string client_key_pem{};
+  // Sent on every call as "authorization: Bearer <token>"; required on TCP,
+  // optional on the Unix socket (where it limits the calls to what the
+  // token allows). Empty: none.
+  std::string bearer_token{};
 };
 
 // st.connection(name, type=None, max_entries=None, ttl=None, **kwargs).

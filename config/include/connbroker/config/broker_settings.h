@@ -87,6 +87,36 @@ struct DaemonLimits {
   int64_t max_inflight_result_bytes = 256ll << 20;
 };
 
+// Who may reach the daemon ([broker] socket_group and insecure_loopback,
+// [tls], [auth] in broker.toml). The daemon is closed by default: its Unix
+// socket only to its own user, TCP only with TLS and bearer tokens.
+struct AccessSettings {
+  // A group whose members may use the Unix socket too: the socket's
+  // directory is group-owned by it with mode 0710 (or 0750), the socket 0660.
+  // Empty: the daemon's user only.
+  std::string socket_group;
+  // Plain TCP (no TLS) on a loopback address (127.0.0.0/8, ::1, localhost).
+  // Anyone on the machine can then connect; tokens still apply when
+  // token_files are set.
+  bool insecure_loopback = false;
+
+  // [tls]: the server's certificate chain and private key (PEM). Both or
+  // neither; re-read when they change on disk.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // CA bundle (PEM) that client certificates are verified against. Set:
+  // clients are asked for a certificate, and one they present must verify.
+  std::string tls_client_ca_file;
+  // With tls_client_ca_file: refuse clients that present no certificate.
+  bool tls_require_client_cert = false;
+
+  // [auth]: token files (absolute paths), each a small TOML file holding one
+  // bearer token and what it may do (see LoadTokenFile in token_file.h).
+  std::vector<std::string> token_files;
+
+  bool tls() const { return !tls_cert_file.empty(); }
+};
+
 struct BrokerSettings {
   std::string listen;  // "unix:/path" or "host:port"; "" = default
   std::vector<std::string> secrets;  // secrets files; empty = discovery
@@ -129,6 +159,10 @@ struct BrokerSettings {
   // every client shares; past a bound a new request is RESOURCE_EXHAUSTED
   // naming it, and what already runs is unaffected.
   DaemonLimits limits;
+
+  // Who may connect, and how ([tls], [auth], socket_group,
+  // insecure_loopback).
+  AccessSettings access;
 };
 
 // One entry of ad_hoc_hosts, parsed.
@@ -149,7 +183,8 @@ absl::StatusOr<HostPattern> ParseHostPattern(const std::string& entry);
 std::optional<std::string> CanonicalIpv6(const std::string& text);
 
 // Reads broker.toml:
-//   [broker]  listen, secrets = [..], log_level, worker_threads
+//   [broker]  listen, secrets = [..], log_level, worker_threads,
+//             socket_group = "group", insecure_loopback (bool)
 //   [cache]   max_entries, ttl (seconds or "10m")
 //   [pool]    the defaults of every connection's pool, overridden per
 //             connection by create_engine_kwargs; SQLAlchemy's name in ():
@@ -165,6 +200,10 @@ std::optional<std::string> CanonicalIpv6(const std::string& text);
 //             ad_hoc_hosts = ["host", "host:port", "/socket/path", ...],
 //             env_names = ["VAR", "PREFIX_*"]
 //   [limits]  DaemonLimits' fields, by their names (durations as above)
+//   [tls]     cert_file, key_file (both or neither), client_ca_file,
+//             require_client_cert (bool; needs client_ca_file)
+//   [auth]    token_files = ["/abs/path", ...]
+// File paths in [tls] and [auth] must be absolute.
 // Unknown keys and out-of-range values are INVALID_ARGUMENT naming the file
 // and key; syntax errors name file:line:column.
 absl::StatusOr<BrokerSettings> LoadBrokerSettings(const std::string& path);
