@@ -311,9 +311,14 @@ absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
   limits.batch_bytes = settings_.batch_bytes;
   limits.max_attempts = settings_.max_attempts;
   limits.inflight = &inflight_results_;
-  return std::make_unique<QueryRun>(*std::move(connection), request.sql(),
-                                    request.params(), ttl, limits, &results_,
-                                    &counters_, clock_, std::move(resume));
+  absl::StatusOr<Connection::CallSlot> slot =
+      (*connection)->StartCall(settings_.limits.max_calls_per_connection);
+  if (!slot.ok()) return slot.status();
+  auto run = std::make_unique<QueryRun>(
+      *std::move(connection), request.sql(), request.params(), ttl, limits,
+      &results_, &counters_, clock_, std::move(resume));
+  run->HoldCallSlot(*std::move(slot));
+  return run;
 }
 
 void Broker::Execute(const v1::ExecuteRequest& request, const Caller& caller,
@@ -330,19 +335,28 @@ void Broker::Execute(const v1::ExecuteRequest& request, const Caller& caller,
     return;
   }
   std::shared_ptr<Connection> connection = *std::move(resolved);
+  absl::StatusOr<Connection::CallSlot> call =
+      connection->StartCall(settings_.limits.max_calls_per_connection);
+  if (!call.ok()) {
+    done(call.status());
+    return;
+  }
+  // Held until the reply is sent (std::function needs a copyable capture).
+  auto slot = std::make_shared<Connection::CallSlot>(*std::move(call));
   Database& database = connection->database();
   database.Reserve(
       Access::kWrite, cancel,
       [this, connection = std::move(connection), &request, cancel,
-       done = std::move(done)](absl::StatusOr<Reservation> slot) mutable {
-        if (!slot.ok()) {
-          done(slot.status());
+       done = std::move(done),
+       slot](absl::StatusOr<Reservation> backend) mutable {
+        if (!backend.ok()) {
+          done(backend.status());
           return;
         }
-        // std::function needs a copyable task; the slot is move-only.
-        auto held = std::make_shared<Reservation>(*std::move(slot));
+        // std::function needs a copyable task; the reservation is move-only.
+        auto held = std::make_shared<Reservation>(*std::move(backend));
         run_on_worker_([this, connection = std::move(connection), &request,
-                        cancel, done = std::move(done), held]() mutable {
+                        cancel, done = std::move(done), held, slot]() mutable {
           // Not retried: a write whose backend broke may have committed,
           // and running it twice is worse than reporting the failure.
           counters_.backend_executions.fetch_add(1, std::memory_order_relaxed);

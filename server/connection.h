@@ -11,7 +11,10 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "connbroker/config/spec.h"
 #include "server/drivers/database.h"
@@ -42,6 +45,47 @@ class Connection {
   void CountQuery() { queries_.fetch_add(1, std::memory_order_relaxed); }
   int64_t queries() const { return queries_.load(std::memory_order_relaxed); }
 
+  // One call running or queued on this connection, for as long as it lives.
+  // The connection must outlive it (the call holds a reference).
+  class CallSlot {
+   public:
+    CallSlot() = default;
+    CallSlot(CallSlot&& other) noexcept
+        : connection_(std::exchange(other.connection_, nullptr)) {}
+    CallSlot& operator=(CallSlot&& other) noexcept {
+      Release();
+      connection_ = std::exchange(other.connection_, nullptr);
+      return *this;
+    }
+    ~CallSlot() { Release(); }
+
+   private:
+    friend class Connection;
+    explicit CallSlot(Connection* connection) : connection_(connection) {}
+    void Release() {
+      if (connection_ != nullptr) {
+        connection_->calls_.fetch_sub(1, std::memory_order_relaxed);
+        connection_ = nullptr;
+      }
+    }
+    Connection* connection_ = nullptr;
+  };
+
+  // A slot for one more call, or RESOURCE_EXHAUSTED when `max_calls` are
+  // running or queued already: one client's burst on a connection must not
+  // grow the daemon's queues without bound.
+  absl::StatusOr<CallSlot> StartCall(int max_calls) {
+    if (calls_.fetch_add(1, std::memory_order_relaxed) >= max_calls) {
+      calls_.fetch_sub(1, std::memory_order_relaxed);
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "connection '", spec_.name, "' has ", max_calls,
+          " calls running or queued (limits.max_calls_per_connection); retry "
+          "later"));
+    }
+    return CallSlot(this);
+  }
+  int calls() const { return calls_.load(std::memory_order_relaxed); }
+
  private:
   const std::string handle_;
   const std::string key_;
@@ -49,6 +93,7 @@ class Connection {
   const std::unique_ptr<Database> database_;
   const absl::Time created_;
   std::atomic<int64_t> queries_{0};
+  std::atomic<int> calls_{0};
 };
 
 }  // namespace connbroker::server

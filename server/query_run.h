@@ -97,6 +97,9 @@ class QueryRun {
   // Interrupts the database work of this run, if any.
   void Cancel();
 
+  // Counts this run against its connection's calls until it is destroyed.
+  void HoldCallSlot(Connection::CallSlot slot) { call_slot_ = std::move(slot); }
+
  private:
   // The first Next(): cache lookup, single flight, or a cursor. Returns
   // false while waiting for another caller's flight.
@@ -126,6 +129,7 @@ class QueryRun {
   absl::StatusOr<bool> LeadFlight();
 
   const std::shared_ptr<Connection> connection_;
+  Connection::CallSlot call_slot_;  // after connection_: released before it
   const std::string sql_;
   const v1::Params params_;
   const absl::Duration ttl_;

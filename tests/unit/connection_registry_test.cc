@@ -624,6 +624,24 @@ TEST_F(ConnectionRegistryTest, DatabasesCloseOffTheThreadThatDropsThem) {
   EXPECT_NE(closed_on, std::this_thread::get_id());
 }
 
+// limits.max_calls_per_connection: calls running or queued on one connection.
+TEST_F(ConnectionRegistryTest, CallSlotsBoundTheCallsOfAConnection) {
+  ConnectOutcome outcome = MustConnect(Spec("db"), Unbounded());
+  Connection& connection = *outcome.connection;
+  absl::StatusOr<Connection::CallSlot> first = connection.StartCall(2);
+  absl::StatusOr<Connection::CallSlot> second = connection.StartCall(2);
+  ASSERT_TRUE(first.ok() && second.ok());
+  absl::StatusOr<Connection::CallSlot> third = connection.StartCall(2);
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(third.status().message(),
+              HasSubstr("limits.max_calls_per_connection"));
+  EXPECT_EQ(connection.calls(), 2);
+  *first = Connection::CallSlot();  // the first call ends
+  EXPECT_EQ(connection.calls(), 1);
+  EXPECT_TRUE(connection.StartCall(2).ok());
+  EXPECT_EQ(connection.calls(), 1);  // that slot was dropped at once
+}
+
 class BoundedRegistryTest : public ::testing::Test {
  protected:
   static RegistryLimits Limits() {
