@@ -1,6 +1,7 @@
 // TOML reading: toml11's values and exceptions become Params and absl::Status.
 #include "connbroker/config/toml_loader.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -165,8 +166,61 @@ absl::Status SyntaxError(const toml::exception& e,
       absl::StrCat(source_name, ":", line, ":", column, ": ", description));
 }
 
+// The offset of the first byte of `text` that does not belong to a
+// well-formed UTF-8 sequence (RFC 3629: no overlong forms, no surrogates,
+// nothing above U+10FFFF), or npos when it is all UTF-8.
+size_t FirstInvalidUtf8(absl::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto byte = [&text](size_t at) {
+      return static_cast<unsigned char>(text[at]);
+    };
+    const unsigned char lead = byte(i);
+    size_t length = 0;
+    unsigned char min = 0x80;  // bounds of the second byte
+    unsigned char max = 0xbf;
+    if (lead < 0x80) {
+      length = 1;
+    } else if (lead >= 0xc2 && lead <= 0xdf) {
+      length = 2;
+    } else if (lead >= 0xe0 && lead <= 0xef) {
+      length = 3;
+      if (lead == 0xe0) min = 0xa0;  // overlong
+      if (lead == 0xed) max = 0x9f;  // surrogates
+    } else if (lead >= 0xf0 && lead <= 0xf4) {
+      length = 4;
+      if (lead == 0xf0) min = 0x90;  // overlong
+      if (lead == 0xf4) max = 0x8f;  // above U+10FFFF
+    } else {
+      return i;
+    }
+    if (i + length > text.size()) return i;
+    for (size_t k = 1; k < length; ++k) {
+      const unsigned char c = byte(i + k);
+      if (k == 1 ? (c < min || c > max) : (c < 0x80 || c > 0xbf)) return i;
+    }
+    i += length;
+  }
+  return absl::string_view::npos;
+}
+
 absl::StatusOr<toml::value> ParseTomlValue(const std::string& text,
                                            const std::string& source_name) {
+  // TOML files are UTF-8 (Streamlit decodes secrets.toml as UTF-8 too).
+  // Checked here rather than left to toml11: 3.7 reports invalid UTF-8 in a
+  // string by rewinding the token's copy with an iterator into the file's
+  // buffer, reading out of bounds (tests/fuzz/regressions/secrets_fuzzer).
+  if (const size_t bad = FirstInvalidUtf8(text);
+      bad != absl::string_view::npos) {
+    const absl::string_view before = absl::string_view(text).substr(0, bad);
+    const size_t line_start = before.rfind('\n');
+    const size_t line = 1 + std::count(before.begin(), before.end(), '\n');
+    const size_t column =
+        line_start == absl::string_view::npos ? bad + 1 : bad - line_start;
+    return absl::InvalidArgumentError(
+        absl::StrCat(source_name, ":", line, ":", column,
+                     ": invalid UTF-8 (a TOML file must be UTF-8 text)"));
+  }
   std::istringstream stream(text);
   try {
     return toml::parse(stream, source_name);

@@ -106,7 +106,22 @@ INSTANTIATE_TEST_SUITE_P(
         // A key defined twice: the second definition.
         SyntaxCase{"password = 'hunter2'\npassword = 'hunter2b'\n", 2, 12},
         // Trailing text after a value.
-        SyntaxCase{"x = 1\n  pw = 'hunter2' trailing\n", 2, 18}));
+        SyntaxCase{"x = 1\n  pw = 'hunter2' trailing\n", 2, 18},
+        // Invalid UTF-8 in a string, found by tests/fuzz/secrets_fuzzer
+        // (toml11 read out of bounds reporting it): the bad byte's place.
+        SyntaxCase{"a = 1\npassword = 'hunter2\xff'\n", 2, 20},
+        SyntaxCase{"pw = \"hunter2\xc3\"\n", 1, 14},
+        // An overlong '/' and a UTF-16 surrogate are not UTF-8 either.
+        SyntaxCase{"pw = '''hunter2\xc0\xaf'''\n", 1, 16},
+        SyntaxCase{"# \xed\xa0\x80\npw = 'hunter2'\n", 1, 3}));
+
+TEST(ParseTomlTest, KeepsUtf8Text) {
+  absl::StatusOr<Params> p =
+      ParseToml("s = \"h\xc3\xa9llo \xe2\x98\x83 \xf0\x9f\x98\x80\"\n", "mem");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->at("s"),
+            Value{std::string("h\xc3\xa9llo \xe2\x98\x83 \xf0\x9f\x98\x80")});
+}
 
 TEST(LoadTomlFileTest, MissingFileIsNotFoundNamingIt) {
   TempDir dir;
