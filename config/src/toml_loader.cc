@@ -204,6 +204,83 @@ size_t FirstInvalidUtf8(absl::string_view text) {
   return absl::string_view::npos;
 }
 
+// Arrays and tables nested deeper than this are refused. toml11 parses
+// arrays and inline tables by recursion, and Flatten walks every table the
+// same way, so a file of a few kilobytes of '[' overflowed the stack
+// (tests/fuzz/regressions/secrets_fuzzer); a real secrets file nests a
+// handful of levels.
+constexpr int kMaxNesting = 100;
+
+// "<source>:<line>:<column>: <what>" for byte `offset` of `text`.
+absl::Status ErrorAt(absl::string_view text, size_t offset,
+                     const std::string& source_name, absl::string_view what) {
+  const absl::string_view before = text.substr(0, offset);
+  const size_t line_start = before.rfind('\n');
+  const size_t line = 1 + std::count(before.begin(), before.end(), '\n');
+  const size_t column =
+      line_start == absl::string_view::npos ? offset + 1 : offset - line_start;
+  return absl::InvalidArgumentError(
+      absl::StrCat(source_name, ":", line, ":", column, ": ", what));
+}
+
+// The offset of the first '[' or '{' (array, inline table or table header)
+// that opens more than kMaxNesting levels, outside strings and comments; npos
+// when there is none. Only a bound, not a parser: a malformed file that it
+// misreads is refused by toml11 anyway.
+size_t FirstTooDeep(absl::string_view text) {
+  int depth = 0;
+  size_t i = 0;
+  const auto at = [&text, &i](absl::string_view token) {
+    return text.substr(i, token.size()) == token;
+  };
+  while (i < text.size()) {
+    const char c = text[i];
+    if (c == '#') {  // a comment, to the end of its line
+      i = text.find('\n', i);
+      if (i == absl::string_view::npos) break;
+    } else if (at("\"\"\"") || at("'''")) {  // multi-line string
+      const char quote = c;
+      for (i += 3; i < text.size(); ++i) {
+        if (quote == '"' && text[i] == '\\') {
+          ++i;
+        } else if (at(quote == '"' ? "\"\"\"" : "'''")) {
+          i += 2;
+          // Up to two quotes just before the closing ones belong to the text.
+          while (i + 1 < text.size() && text[i + 1] == quote) ++i;
+          break;
+        }
+      }
+    } else if (c == '"' || c == '\'') {  // a string ends with its line
+      for (++i; i < text.size() && text[i] != c && text[i] != '\n'; ++i) {
+        if (c == '"' && text[i] == '\\') ++i;
+      }
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxNesting) return i;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+    ++i;
+  }
+  return absl::string_view::npos;
+}
+
+// True when `v` holds arrays or tables more than `levels` deep. Recurses at
+// most levels + 1 deep itself.
+bool DeeperThan(const toml::value& v, int levels) {
+  if (!v.is_array() && !v.is_table()) return false;
+  if (levels == 0) return true;
+  if (v.is_array()) {
+    for (const toml::value& item : v.as_array()) {
+      if (DeeperThan(item, levels - 1)) return true;
+    }
+  } else {
+    for (const auto& [key, item] : v.as_table()) {
+      if (DeeperThan(item, levels - 1)) return true;
+    }
+  }
+  return false;
+}
+
 absl::StatusOr<toml::value> ParseTomlValue(const std::string& text,
                                            const std::string& source_name) {
   // TOML files are UTF-8 (Streamlit decodes secrets.toml as UTF-8 too).
@@ -212,18 +289,25 @@ absl::StatusOr<toml::value> ParseTomlValue(const std::string& text,
   // buffer, reading out of bounds (tests/fuzz/regressions/secrets_fuzzer).
   if (const size_t bad = FirstInvalidUtf8(text);
       bad != absl::string_view::npos) {
-    const absl::string_view before = absl::string_view(text).substr(0, bad);
-    const size_t line_start = before.rfind('\n');
-    const size_t line = 1 + std::count(before.begin(), before.end(), '\n');
-    const size_t column =
-        line_start == absl::string_view::npos ? bad + 1 : bad - line_start;
-    return absl::InvalidArgumentError(
-        absl::StrCat(source_name, ":", line, ":", column,
-                     ": invalid UTF-8 (a TOML file must be UTF-8 text)"));
+    return ErrorAt(text, bad, source_name,
+                   "invalid UTF-8 (a TOML file must be UTF-8 text)");
+  }
+  if (const size_t deep = FirstTooDeep(text); deep != absl::string_view::npos) {
+    return ErrorAt(text, deep, source_name,
+                   absl::StrCat("arrays and tables nested more than ",
+                                kMaxNesting, " levels deep"));
   }
   std::istringstream stream(text);
   try {
-    return toml::parse(stream, source_name);
+    toml::value value = toml::parse(stream, source_name);
+    // Dotted keys ("a.b.c = 1") and table headers nest tables without
+    // brackets.
+    if (DeeperThan(value, kMaxNesting)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source_name, ": arrays and tables nested more than ",
+                       kMaxNesting, " levels deep"));
+    }
+    return value;
   } catch (const toml::exception& e) {
     return SyntaxError(e, source_name);
   } catch (const std::exception& e) {
