@@ -11,8 +11,10 @@
 namespace connbroker::fuzz {
 
 // A fresh directory under $TMPDIR (else /tmp) for this process, removed when
-// it exits normally. libFuzzer runs many processes side by side (-jobs), so
-// the name is unique per process rather than fixed.
+// it exits through exit(); libFuzzer often ends with _Exit instead, so
+// run.sh points TMPDIR into its own output directory. libFuzzer runs many
+// processes side by side (-jobs), so the name is unique per process rather than
+// fixed.
 inline const std::string& ScratchDir() {
   static const std::string* dir = [] {
     const char* base = std::getenv("TMPDIR");

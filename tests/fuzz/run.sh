@@ -34,7 +34,11 @@ echo "fuzz: connbrokerd compiles clean with -Wthread-safety -Werror"
 
 out=$build_dir/fuzz-out
 rm -rf "$out"
-mkdir -p "$out"
+mkdir -p "$out/tmp"
+# The fuzzers' scratch directories (fuzz_util.h) go here: libFuzzer often
+# ends a process with _Exit, which skips their removal.
+TMPDIR=$(cd "$out/tmp" && pwd)
+export TMPDIR
 failed=0
 for fuzzer in "${fuzzers[@]}"; do
   bin=$build_dir/tests/fuzz/$fuzzer
