@@ -9,7 +9,11 @@ packages=(
   libabsl-dev libtoml11-dev libsqlitecpp-dev libsqlite3-dev sqlite3
   libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  postgresql mariadb-server libpq-dev libmariadb-dev pgbouncer clang openssl
+  postgresql mariadb-server libpq-dev libmariadb-dev pgbouncer openssl
+  # tests/fuzz/run.sh: clang for libFuzzer and -Wthread-safety; the fuzzer
+  # and sanitizer runtimes are in libclang-rt-14-dev, which clang does not
+  # depend on.
+  clang libclang-rt-14-dev
 )
 
 missing=()

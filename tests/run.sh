@@ -2,7 +2,8 @@
 # The test command (README, .ci/run): installs what is missing, builds, starts
 # real PostgreSQL and MariaDB servers (tests/servers/db-servers.sh) and runs
 # every test -- unit tests, then integration tests that start real connbrokerd
-# daemons on temporary Unix sockets with real client processes. The servers
+# daemons on temporary Unix sockets with real client processes, then the
+# clang thread-safety build and the fuzzers (tests/fuzz/run.sh). The servers
 # are stopped and their directory removed at the end, also on failure or
 # interrupt. With CONNBROKER_TEST_SERVERS_DIR set (servers the caller started
 # with `db-servers.sh start DIR`), those are used and left running.
@@ -35,3 +36,8 @@ source "$CONNBROKER_TEST_SERVERS_DIR/env.sh"
 
 ctest --test-dir "$build_dir" --output-on-failure --timeout 300 \
   --parallel "$(nproc)" "$@"
+
+# The clang build: connbrokerd under -Wthread-safety -Werror, and the config
+# fuzzers for FUZZ_SECONDS (default 30) each. After ctest, so that its
+# result shows whatever happens here; a failure here fails the command too.
+bash tests/fuzz/run.sh

@@ -1,6 +1,7 @@
 // TOML reading: toml11's values and exceptions become Params and absl::Status.
 #include "connbroker/config/toml_loader.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -165,11 +166,148 @@ absl::Status SyntaxError(const toml::exception& e,
       absl::StrCat(source_name, ":", line, ":", column, ": ", description));
 }
 
+// The offset of the first byte of `text` that does not belong to a
+// well-formed UTF-8 sequence (RFC 3629: no overlong forms, no surrogates,
+// nothing above U+10FFFF), or npos when it is all UTF-8.
+size_t FirstInvalidUtf8(absl::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto byte = [&text](size_t at) {
+      return static_cast<unsigned char>(text[at]);
+    };
+    const unsigned char lead = byte(i);
+    size_t length = 0;
+    unsigned char min = 0x80;  // bounds of the second byte
+    unsigned char max = 0xbf;
+    if (lead < 0x80) {
+      length = 1;
+    } else if (lead >= 0xc2 && lead <= 0xdf) {
+      length = 2;
+    } else if (lead >= 0xe0 && lead <= 0xef) {
+      length = 3;
+      if (lead == 0xe0) min = 0xa0;  // overlong
+      if (lead == 0xed) max = 0x9f;  // surrogates
+    } else if (lead >= 0xf0 && lead <= 0xf4) {
+      length = 4;
+      if (lead == 0xf0) min = 0x90;  // overlong
+      if (lead == 0xf4) max = 0x8f;  // above U+10FFFF
+    } else {
+      return i;
+    }
+    if (i + length > text.size()) return i;
+    for (size_t k = 1; k < length; ++k) {
+      const unsigned char c = byte(i + k);
+      if (k == 1 ? (c < min || c > max) : (c < 0x80 || c > 0xbf)) return i;
+    }
+    i += length;
+  }
+  return absl::string_view::npos;
+}
+
+// Arrays and tables nested deeper than this are refused. toml11 parses
+// arrays and inline tables by recursion, and Flatten walks every table the
+// same way, so a file of a few kilobytes of '[' overflowed the stack
+// (tests/fuzz/regressions/secrets_fuzzer); a real secrets file nests a
+// handful of levels.
+constexpr int kMaxNesting = 100;
+
+// "<source>:<line>:<column>: <what>" for byte `offset` of `text`.
+absl::Status ErrorAt(absl::string_view text, size_t offset,
+                     const std::string& source_name, absl::string_view what) {
+  const absl::string_view before = text.substr(0, offset);
+  const size_t line_start = before.rfind('\n');
+  const size_t line = 1 + std::count(before.begin(), before.end(), '\n');
+  const size_t column =
+      line_start == absl::string_view::npos ? offset + 1 : offset - line_start;
+  return absl::InvalidArgumentError(
+      absl::StrCat(source_name, ":", line, ":", column, ": ", what));
+}
+
+// The offset of the first '[' or '{' (array, inline table or table header)
+// that opens more than kMaxNesting levels, outside strings and comments; npos
+// when there is none. Only a bound, not a parser: a malformed file that it
+// misreads is refused by toml11 anyway.
+size_t FirstTooDeep(absl::string_view text) {
+  int depth = 0;
+  size_t i = 0;
+  const auto at = [&text, &i](absl::string_view token) {
+    return text.substr(i, token.size()) == token;
+  };
+  while (i < text.size()) {
+    const char c = text[i];
+    if (c == '#') {  // a comment, to the end of its line
+      i = text.find('\n', i);
+      if (i == absl::string_view::npos) break;
+    } else if (at("\"\"\"") || at("'''")) {  // multi-line string
+      const char quote = c;
+      for (i += 3; i < text.size(); ++i) {
+        if (quote == '"' && text[i] == '\\') {
+          ++i;
+        } else if (at(quote == '"' ? "\"\"\"" : "'''")) {
+          i += 2;
+          // Up to two quotes just before the closing ones belong to the text.
+          while (i + 1 < text.size() && text[i + 1] == quote) ++i;
+          break;
+        }
+      }
+    } else if (c == '"' || c == '\'') {  // a string ends with its line
+      for (++i; i < text.size() && text[i] != c && text[i] != '\n'; ++i) {
+        if (c == '"' && text[i] == '\\') ++i;
+      }
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxNesting) return i;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+    ++i;
+  }
+  return absl::string_view::npos;
+}
+
+// True when `v` holds arrays or tables more than `levels` deep. Recurses at
+// most levels + 1 deep itself.
+bool DeeperThan(const toml::value& v, int levels) {
+  if (!v.is_array() && !v.is_table()) return false;
+  if (levels == 0) return true;
+  if (v.is_array()) {
+    for (const toml::value& item : v.as_array()) {
+      if (DeeperThan(item, levels - 1)) return true;
+    }
+  } else {
+    for (const auto& [key, item] : v.as_table()) {
+      if (DeeperThan(item, levels - 1)) return true;
+    }
+  }
+  return false;
+}
+
 absl::StatusOr<toml::value> ParseTomlValue(const std::string& text,
                                            const std::string& source_name) {
+  // TOML files are UTF-8 (Streamlit decodes secrets.toml as UTF-8 too).
+  // Checked here rather than left to toml11: 3.7 reports invalid UTF-8 in a
+  // string by rewinding the token's copy with an iterator into the file's
+  // buffer, reading out of bounds (tests/fuzz/regressions/secrets_fuzzer).
+  if (const size_t bad = FirstInvalidUtf8(text);
+      bad != absl::string_view::npos) {
+    return ErrorAt(text, bad, source_name,
+                   "invalid UTF-8 (a TOML file must be UTF-8 text)");
+  }
+  if (const size_t deep = FirstTooDeep(text); deep != absl::string_view::npos) {
+    return ErrorAt(text, deep, source_name,
+                   absl::StrCat("arrays and tables nested more than ",
+                                kMaxNesting, " levels deep"));
+  }
   std::istringstream stream(text);
   try {
-    return toml::parse(stream, source_name);
+    toml::value value = toml::parse(stream, source_name);
+    // Dotted keys ("a.b.c = 1") and table headers nest tables without
+    // brackets.
+    if (DeeperThan(value, kMaxNesting)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source_name, ": arrays and tables nested more than ",
+                       kMaxNesting, " levels deep"));
+    }
+    return value;
   } catch (const toml::exception& e) {
     return SyntaxError(e, source_name);
   } catch (const std::exception& e) {

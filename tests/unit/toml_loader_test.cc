@@ -106,7 +106,66 @@ INSTANTIATE_TEST_SUITE_P(
         // A key defined twice: the second definition.
         SyntaxCase{"password = 'hunter2'\npassword = 'hunter2b'\n", 2, 12},
         // Trailing text after a value.
-        SyntaxCase{"x = 1\n  pw = 'hunter2' trailing\n", 2, 18}));
+        SyntaxCase{"x = 1\n  pw = 'hunter2' trailing\n", 2, 18},
+        // Invalid UTF-8 in a string, found by tests/fuzz/secrets_fuzzer
+        // (toml11 read out of bounds reporting it): the bad byte's place.
+        SyntaxCase{"a = 1\npassword = 'hunter2\xff'\n", 2, 20},
+        SyntaxCase{"pw = \"hunter2\xc3\"\n", 1, 14},
+        // An overlong '/' and a UTF-16 surrogate are not UTF-8 either.
+        SyntaxCase{"pw = '''hunter2\xc0\xaf'''\n", 1, 16},
+        SyntaxCase{"# \xed\xa0\x80\npw = 'hunter2'\n", 1, 3}));
+
+TEST(ParseTomlTest, KeepsUtf8Text) {
+  absl::StatusOr<Params> p =
+      ParseToml("s = \"h\xc3\xa9llo \xe2\x98\x83 \xf0\x9f\x98\x80\"\n", "mem");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->at("s"),
+            Value{std::string("h\xc3\xa9llo \xe2\x98\x83 \xf0\x9f\x98\x80")});
+}
+
+// Deep nesting overflowed toml11's recursive parser (found by
+// tests/fuzz/secrets_fuzzer); a bound refuses it with the place it starts.
+TEST(ParseTomlTest, RefusesDeepNestingNamingWhere) {
+  const std::string deep_array =
+      "pw = 'hunter2'\na = " + std::string(20000, '[') + "\n";
+  absl::StatusOr<Params> p = ParseToml(deep_array, "mem");
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(p.status().message()),
+              StartsWith("mem:2:105: arrays and tables nested more than 100"));
+
+  std::string deep_inline = "a = ";
+  for (int i = 0; i < 5000; ++i) deep_inline += "{b = ";
+  p = ParseToml(deep_inline, "mem");
+  ASSERT_FALSE(p.ok());
+  EXPECT_THAT(std::string(p.status().message()), StartsWith("mem:1:"));
+
+  // Dotted keys nest tables without brackets.
+  std::string dotted;
+  for (int i = 0; i < 150; ++i) dotted += "a.";
+  p = ParseToml(dotted + "a = 1\n", "mem");
+  ASSERT_FALSE(p.ok());
+  EXPECT_THAT(std::string(p.status().message()),
+              HasSubstr("nested more than 100 levels"));
+}
+
+TEST(ParseTomlTest, BracketsInStringsAndCommentsAreNotNesting) {
+  const std::string many(300, '[');
+  const std::string text = "a = \"" + many + "\"\nb = '" + many +
+                           "'\nc = \"\"\"" + many + "\n\\\"\"\"" + many +
+                           "\"\"\"\nd = '''" + many + "''''\n# " + many +
+                           "\ne = [[1], {f = [2]}]\n";
+  absl::StatusOr<Params> p = ParseToml(text, "mem");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->at("a"), Value{many});
+  EXPECT_EQ(p->at("d"), Value{many + "'"});
+  EXPECT_EQ(p->at("e.1.f.0"), Value{int64_t{2}});
+
+  // Nesting up to the bound is fine.
+  p = ParseToml("a = " + std::string(99, '[') + std::string(99, ']') + "\n",
+                "mem");
+  EXPECT_TRUE(p.ok()) << p.status();
+}
 
 TEST(LoadTomlFileTest, MissingFileIsNotFoundNamingIt) {
   TempDir dir;
