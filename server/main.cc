@@ -22,6 +22,7 @@
 #include "connbroker/config/broker_settings.h"
 #include "connbroker/config/secrets.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "google/protobuf/stubs/logging.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "server/access_policy.h"
@@ -132,6 +133,18 @@ int Run(int argc, char** argv) {
   auto logger = spdlog::stderr_color_mt("connbrokerd");
   spdlog::set_default_logger(logger);
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  // Protobuf reports a client's malformed request (a string that is not
+  // UTF-8) on stderr at ERROR level; the client gets INVALID_ARGUMENT for
+  // it, and a client sending many must not flood the daemon's log.
+  google::protobuf::SetLogHandler([](google::protobuf::LogLevel level,
+                                     const char* file, int line,
+                                     const std::string& message) {
+    if (level >= google::protobuf::LOGLEVEL_FATAL) {
+      spdlog::critical("protobuf {}:{}: {}", file, line, message);
+    } else {
+      spdlog::debug("protobuf {}:{}: {}", file, line, message);
+    }
+  });
 
   config::BrokerSettings settings;
   if (flags.config) {
