@@ -105,7 +105,11 @@ absl::StatusOr<std::unique_ptr<AccessPolicy>> AccessPolicy::Load(
   const bool tokens_required = tcp && !settings.token_files.empty();
   std::unique_ptr<AccessPolicy> policy(
       new AccessPolicy(tcp, tokens_required, std::move(files)));
-  policy->tokens_ = *std::move(tokens);
+  {
+    // Nobody else can see the policy yet; the lock satisfies the analysis.
+    absl::MutexLock lock(&policy->mu_);
+    policy->tokens_ = *std::move(tokens);
+  }
   return policy;
 }
 
