@@ -1,9 +1,10 @@
 // MemoryBudget: a daemon-wide bound on bytes held for calls in flight.
 //
-// Query results being collected for the result cache (and shared with the
-// identical queries waiting for them) are held whole in memory. Each call's
-// result is bounded by result_cache.max_entry_bytes, but many calls at once
-// are not: the budget (limits.max_inflight_result_bytes) bounds their sum.
+// Query results being collected for the result cache, cached, or held by
+// readers still streaming them after their eviction are held whole in
+// memory. Each result is bounded by result_cache.max_entry_bytes, but many at
+// once are not: the budget (limits.max_inflight_result_bytes) bounds their
+// sum, wherever they are held (a CachedResult carries its lease).
 // A reservation that does not fit is refused rather than waited for: the
 // caller then streams its result without caching it, which needs no more
 // than one batch.

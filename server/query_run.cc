@@ -258,6 +258,14 @@ absl::StatusOr<bool> QueryRun::ReadBatch(v1::RowBatch* batch) {
   return cursor_has_more_;
 }
 
+bool QueryRun::GrowResultMemory(int64_t bytes) {
+  if (inflight_.TryGrow(bytes)) return true;
+  // Cached results nobody reads hold result memory too: make room from
+  // them before giving up on caching this one.
+  cache_->ShedUnreferenced(bytes);
+  return inflight_.TryGrow(bytes);
+}
+
 absl::StatusOr<bool> QueryRun::Collect(CachedResult* collected) {
   const int64_t max_bytes = cache_->max_entry_bytes();
   *collected->schema_message.mutable_schema() = schema_;
@@ -269,7 +277,7 @@ absl::StatusOr<bool> QueryRun::Collect(CachedResult* collected) {
   auto take = [&](v1::QueryResponse message) -> bool {
     const int64_t bytes = static_cast<int64_t>(message.ByteSizeLong());
     const bool too_big = collected->bytes + bytes > max_bytes;
-    if (!too_big && inflight_.TryGrow(bytes)) {
+    if (!too_big && GrowResultMemory(bytes)) {
       collected->row_count += message.batch().row_count();
       collected->bytes += bytes;
       collected->batch_messages.push_back(std::move(message));
@@ -294,7 +302,7 @@ absl::StatusOr<bool> QueryRun::Collect(CachedResult* collected) {
     buffered_.swap(stream);
     return false;
   };
-  if (!inflight_.TryGrow(schema_bytes)) {
+  if (!GrowResultMemory(schema_bytes)) {
     counters_->inflight_budget_refusals.fetch_add(1, std::memory_order_relaxed);
     return false;  // buffered_ and the cursor stream as they are
   }
@@ -354,12 +362,14 @@ absl::StatusOr<bool> QueryRun::LeadFlight() {
     flight_.reset();
     return true;
   }
+  // The result's bytes stay counted in the daemon's result memory for as
+  // long as the result lives -- in the cache, or held by a slow reader after
+  // its eviction -- and also in the cache's own bound while it is cached.
+  collected->memory = std::move(inflight_);
+  inflight_ = MemoryBudget::Lease(limits_.inflight);
   replay_ = collected;
   flight_->Publish(std::move(collected), ttl_);
   flight_.reset();
-  // The result's bytes now count in the result cache's own bound
-  // (result_cache.max_bytes), not in the in-flight budget.
-  inflight_.ReleaseAll();
   return true;
 }
 

@@ -124,6 +124,9 @@ class QueryRun {
   // then in `buffered_` and the rest stays in the cursor.
   absl::StatusOr<bool> Collect(CachedResult* collected);
   absl::StatusOr<bool> ReadBatch(v1::RowBatch* batch);
+  // Adds `bytes` to this run's result memory, shedding unread cached results
+  // if the budget is full. False when it still does not fit.
+  bool GrowResultMemory(int64_t bytes);
   // As the single-flight leader: runs the query and publishes its result.
   // Returns false while waiting for a backend.
   absl::StatusOr<bool> LeadFlight();

@@ -340,6 +340,21 @@ void ResultCache::EvictExpired() {
   }
 }
 
+int64_t ResultCache::ShedUnreferenced(int64_t bytes) {
+  Released released;  // destroyed after the lock: frees memory and budget
+  absl::MutexLock lock(&impl_->mu);
+  int64_t shed = 0;
+  for (auto next = impl_->by_expiry.begin();
+       shed < bytes && next != impl_->by_expiry.end();) {
+    auto entry = impl_->entries.find((next++)->second);
+    // use_count is exact enough: new references are made under mu.
+    if (entry->second.result.use_count() != 1) continue;
+    shed += entry->second.bytes;
+    impl_->Erase(entry, &released);  // `next` stays valid: another node
+  }
+  return shed;
+}
+
 int64_t ResultCache::max_entry_bytes() const { return impl_->max_entry_bytes; }
 
 ResultCacheStats ResultCache::Stats() const {

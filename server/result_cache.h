@@ -24,6 +24,7 @@
 #include "absl/time/time.h"
 #include "connbroker/v1/broker.pb.h"
 #include "server/clock.h"
+#include "server/memory_budget.h"
 
 namespace connbroker::server {
 
@@ -34,6 +35,11 @@ struct CachedResult {
   std::vector<v1::QueryResponse> batch_messages;  // batch set in each
   int64_t row_count = 0;
   int64_t bytes = 0;  // sum of ByteSizeLong() of the messages
+  // The result's share of the daemon's result memory
+  // (limits.max_inflight_result_bytes), given back when the last holder --
+  // the cache, or a slow reader still streaming it after its eviction --
+  // lets go. Result memory is bounded wherever it is held.
+  MemoryBudget::Lease memory;
 
   const v1::Schema& schema() const { return schema_message.schema(); }
 };
@@ -108,6 +114,11 @@ class ResultCache {
 
   // Drops expired entries (janitor; lookups also skip them).
   void EvictExpired();
+
+  // Drops cached results nobody else holds, soonest to expire first, until
+  // `bytes` of them are gone (or none is left): a caller that needs result
+  // memory makes room. Returns the bytes dropped.
+  int64_t ShedUnreferenced(int64_t bytes);
 
   int64_t max_entry_bytes() const;
   ResultCacheStats Stats() const;

@@ -145,10 +145,64 @@ TEST_F(QueryRunTest, AHitHandsOutTheCachedMessagesWithoutCopying) {
     }
     EXPECT_NE(replayed.addresses.back(), led.addresses.back());
   }
-  // A published result counts in the cache's bytes, not the budget.
-  EXPECT_EQ(budget_.in_use(), 0);
+  // A published result counts in the cache's bytes, and in the result
+  // memory for as long as it lives.
   EXPECT_GT(cache_.Stats().bytes, 0);
+  EXPECT_EQ(budget_.in_use(), cache_.Stats().bytes);
   EXPECT_EQ(counters_.backend_executions.load(), 1);
+  first.reset();
+  EXPECT_EQ(cache_.DropOwner(connection->key()), 1);
+  EXPECT_EQ(budget_.in_use(), 0);
+}
+
+// Issue 11, found by the abuse run: results evicted while slow readers still
+// streamed them were counted nowhere, so RSS grew far past both budgets.
+TEST_F(QueryRunTest, AnEvictedResultStillReadCountsUntilItsLastReaderEnds) {
+  std::shared_ptr<Connection> connection =
+      Open(Spec(MakeTable("held.db", 100)));
+  ASSERT_NE(connection, nullptr);
+  const std::string sql = "SELECT id, s FROM t ORDER BY id";
+  std::unique_ptr<QueryRun> leader = Start(connection, sql, absl::Minutes(1));
+  ASSERT_TRUE(Drain(*leader).status.ok());
+  leader.reset();
+  // A slow reader takes the schema and one batch of the cached result...
+  std::unique_ptr<QueryRun> reader = Start(connection, sql, absl::Minutes(1));
+  const v1::QueryResponse* message = nullptr;
+  ASSERT_TRUE(reader->Next(&message).ok());
+  ASSERT_TRUE(reader->Next(&message).ok());
+  const int64_t held = budget_.in_use();
+  EXPECT_GT(held, 0);
+  // ... and the result leaves the cache meanwhile.
+  EXPECT_EQ(cache_.DropOwner(connection->key()), 1);
+  EXPECT_EQ(cache_.Stats().bytes, 0);
+  EXPECT_EQ(budget_.in_use(), held);
+  EXPECT_EQ(cache_.ShedUnreferenced(1 << 30), 0);  // nothing unreferenced
+  reader.reset();
+  EXPECT_EQ(budget_.in_use(), 0);
+}
+
+// A full budget sheds cached results nobody reads before it gives up
+// caching a new one.
+TEST_F(QueryRunTest, ANewResultShedsUnreadCachedOnesToFitTheBudget) {
+  std::shared_ptr<Connection> connection =
+      Open(Spec(MakeTable("shed.db", 100)));
+  ASSERT_NE(connection, nullptr);
+  std::unique_ptr<QueryRun> a =
+      Start(connection, "SELECT id, s FROM t ORDER BY id", absl::Minutes(1));
+  ASSERT_TRUE(Drain(*a).status.ok());
+  a.reset();
+  const int64_t one_result = budget_.in_use();
+  ASSERT_GT(one_result, 0);
+  // Fill the rest of the budget, so the next result only fits by shedding.
+  ASSERT_TRUE(budget_.TryReserve(budget_.limit() - one_result));
+  std::unique_ptr<QueryRun> b = Start(
+      connection, "SELECT id, s FROM t ORDER BY id DESC", absl::Minutes(1));
+  Reply second = Drain(*b);
+  ASSERT_TRUE(second.status.ok());
+  b.reset();
+  EXPECT_EQ(cache_.Stats().entries, 1);  // the new one replaced the old
+  EXPECT_EQ(counters_.inflight_budget_refusals.load(), 0);
+  budget_.Release(budget_.limit() - one_result);
 }
 
 TEST_F(QueryRunTest, AnUncachedQueryStreamsWithoutTheBudget) {

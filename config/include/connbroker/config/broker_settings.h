@@ -81,9 +81,9 @@ struct DaemonLimits {
   int reserved_files = 256;
   // Calls running or queued on one connection (Query and Execute).
   int max_calls_per_connection = 512;
-  // Result memory held for calls in flight: results being collected for the
-  // result cache and shared with identical queries. Past it a result is
-  // streamed without being cached.
+  // Result memory: results collected for the result cache, cached, and
+  // held by readers still streaming them after their eviction. A new result
+  // first sheds cached ones nobody reads; past it, it streams uncached.
   int64_t max_inflight_result_bytes = 256ll << 20;
 };
 
