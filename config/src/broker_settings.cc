@@ -366,6 +366,9 @@ class SettingsReader {
     if (field == "max_calls_per_connection") {
       return Int(key, value, 1, 1000000, limits.max_calls_per_connection);
     }
+    if (field == "max_transport_bytes") {
+      return Int64(key, value, 1 << 20, INT64_MAX, limits.max_transport_bytes);
+    }
     if (field == "max_inflight_result_bytes") {
       return Int64(key, value, 0, INT64_MAX, limits.max_inflight_result_bytes);
     }

@@ -85,6 +85,10 @@ struct DaemonLimits {
   // held by readers still streaming them after their eviction. A new result
   // first sheds cached ones nobody reads; past it, it streams uncached.
   int64_t max_inflight_result_bytes = 256ll << 20;
+  // gRPC's own memory (its resource quota): the buffers of every client's
+  // connection and streams, which under pressure it shrinks (smaller flow
+  // control windows) instead of growing with the number of slow readers.
+  int64_t max_transport_bytes = 128ll << 20;
 };
 
 // Who may reach the daemon ([broker] socket_group and insecure_loopback,
