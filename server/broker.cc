@@ -313,7 +313,10 @@ absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
   limits.inflight = &inflight_results_;
   absl::StatusOr<Connection::CallSlot> slot =
       (*connection)->StartCall(settings_.limits.max_calls_per_connection);
-  if (!slot.ok()) return slot.status();
+  if (!slot.ok()) {
+    counters_.calls_refused.fetch_add(1, std::memory_order_relaxed);
+    return slot.status();
+  }
   auto run = std::make_unique<QueryRun>(
       *std::move(connection), request.sql(), request.params(), ttl, limits,
       &results_, &counters_, clock_, std::move(resume));
@@ -338,6 +341,7 @@ void Broker::Execute(const v1::ExecuteRequest& request, const Caller& caller,
   absl::StatusOr<Connection::CallSlot> call =
       connection->StartCall(settings_.limits.max_calls_per_connection);
   if (!call.ok()) {
+    counters_.calls_refused.fetch_add(1, std::memory_order_relaxed);
     done(call.status());
     return;
   }
@@ -461,7 +465,9 @@ absl::StatusOr<v1::GetStatsResponse> Broker::Stats(const Caller& caller) const {
   stats.set_evicted_for_room(registry.evicted_for_room);
   stats.set_handles_reclaimed(registry.handles_reclaimed);
   stats.set_connection_caches(registry.caches);
-  stats.set_refused_by_limits(registry.refused);
+  int64_t refused = registry.refused + counters_.calls_refused.load();
+  if (backends_ != nullptr) refused += backends_->refused();
+  stats.set_refused_by_limits(refused);
   if (backends_ != nullptr) {
     stats.set_backends_open(backends_->open());
     stats.set_max_backends(backends_->limit());
@@ -500,6 +506,18 @@ bool Broker::ReloadSecretsIfChanged() {
   spdlog::info("a secrets file changed on disk: reloading");
   ReloadSecrets().IgnoreError();  // logged and reported by ReloadSecrets
   return true;
+}
+
+int Broker::ShedIdleBackends() {
+  int shed = 0;
+  for (const std::shared_ptr<Connection>& connection :
+       registry_.LiveConnections()) {
+    shed += connection->database().ShedIdle();
+  }
+  if (shed > 0) {
+    spdlog::info("backend budget exhausted: closed {} idle backend(s)", shed);
+  }
+  return shed;
 }
 
 void Broker::Upkeep() {

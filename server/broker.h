@@ -94,6 +94,10 @@ class Broker {
   // Counts a failed call (the service calls it once per error it returns).
   void CountError() { counters_.errors.fetch_add(1); }
 
+  // Closes the idle backends of every connection at once (the backend
+  // budget's reclaimer). Returns how many.
+  int ShedIdleBackends();
+
   // Periodic upkeep (janitor): notice edited secrets files, expire
   // connections and results, close idle backends.
   void Upkeep();

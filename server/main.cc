@@ -260,6 +260,7 @@ int Run(int argc, char** argv) {
     pool->Submit(std::move(work));
   };
   Broker broker(std::move(options), Clock::Real());
+  backends.SetReclaimer([&broker] { broker.ShedIdleBackends(); });
   BrokerService service(&broker, workers.get(),
                         [&policy](const grpc::CallbackServerContext& context,
                                   std::string session) {
@@ -326,6 +327,7 @@ int Run(int argc, char** argv) {
   // Runs what is still queued (the last calls' clean-up) while the broker
   // and its connections are alive.
   workers.reset();
+  backends.SetReclaimer(nullptr);  // nothing opens now; the broker goes next
   if (!socket_path->empty()) ::unlink(socket_path->c_str());
   spdlog::info("stopped");
   return 0;

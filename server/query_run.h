@@ -50,6 +50,8 @@ struct BrokerCounters {
   std::atomic<int64_t> resets{0};
   // Results streamed uncached because the in-flight budget was full.
   std::atomic<int64_t> inflight_budget_refusals{0};
+  // Calls refused by limits.max_calls_per_connection.
+  std::atomic<int64_t> calls_refused{0};
 };
 
 // How a run cuts and retries.

@@ -34,6 +34,35 @@ BackendBudget::BackendBudget(Limits limits,
                                          : &CountOpenFiles) {}
 
 absl::Status BackendBudget::TryAcquire(Unit* unit) {
+  absl::Status status = TryOnce(unit);
+  if (status.ok() || !reclaim_) {
+    if (!status.ok()) {
+      absl::MutexLock lock(&mu_);
+      ++refused_;
+    }
+    return status;
+  }
+  bool reclaim = false;
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    if (now - last_reclaim_ >= absl::Milliseconds(100)) {
+      last_reclaim_ = now;
+      reclaim = true;
+    }
+  }
+  if (reclaim) {
+    reclaim_();  // closes idle backends; their units come back at once
+    status = TryOnce(unit);
+  }
+  if (!status.ok()) {
+    absl::MutexLock lock(&mu_);
+    ++refused_;
+  }
+  return status;
+}
+
+absl::Status BackendBudget::TryOnce(Unit* unit) {
   // Counted outside the lock: concurrent opens need not wait for each
   // other's directory read; reserved_files absorbs the overlap.
   const int files = count_open_files_();
@@ -69,6 +98,11 @@ absl::Status BackendBudget::TryAcquire(Unit* unit) {
 int BackendBudget::open() const {
   absl::MutexLock lock(&mu_);
   return open_;
+}
+
+int64_t BackendBudget::refused() const {
+  absl::MutexLock lock(&mu_);
+  return refused_;
 }
 
 void BackendBudget::Release() {

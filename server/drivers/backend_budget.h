@@ -26,6 +26,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 namespace connbroker::server {
 
@@ -74,21 +76,37 @@ class BackendBudget {
   BackendBudget& operator=(const BackendBudget&) = delete;
 
   // Takes one unit for a backend about to be opened, or RESOURCE_EXHAUSTED
-  // naming the bound that refused it.
+  // naming the bound that refused it. At a bound it first runs the
+  // reclaimer (at most every 100 ms) and tries once more. REQUIRES: no pool
+  // lock is held (the reclaimer takes them).
   absl::Status TryAcquire(Unit* unit);
 
-  // For stats: backends open (or being opened) daemon-wide, and the bound.
+  // Called when a bound is reached, to close idle backends of every pool:
+  // backends idle until their idle_timeout must not keep a new client out
+  // for that long. Set once, before the budget is used.
+  void SetReclaimer(std::function<void()> reclaim) {
+    reclaim_ = std::move(reclaim);
+  }
+
+  // For stats: backends open (or being opened) daemon-wide, the bound, and
+  // the opens refused by a bound.
   int open() const;
+  int64_t refused() const;
   int limit() const { return limits_.max_backends; }
   const Limits& limits() const { return limits_; }
 
  private:
   void Release();
+  // One try: the unit, or the bound's error.
+  absl::Status TryOnce(Unit* unit);
 
   const Limits limits_;
   const std::function<int()> count_open_files_;
+  std::function<void()> reclaim_;
   mutable absl::Mutex mu_;
   int open_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t refused_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time last_reclaim_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
 
 // How the drivers reach daemon-wide state. Default: unbounded (tests).

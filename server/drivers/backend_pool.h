@@ -450,6 +450,26 @@ class BackendPool : public Reservation::Source,
     return static_cast<int>(closing.size());
   }
 
+  // Closes idle backends at once, whatever their idle time, keeping
+  // min_idle and at least one: the daemon's backend budget is exhausted and
+  // others need the units, but a connection that is merely between two calls
+  // must not lose its last backend to whoever floods the daemon (and then
+  // find no unit to reopen it). Returns how many.
+  int ShedIdle() {
+    std::vector<std::unique_ptr<Entry>> closing;
+    {
+      absl::MutexLock lock(&mu_);
+      // idle_ runs from the least to the most recently used: the oldest go.
+      const int keep =
+          std::min<int>(std::max(options_.min_idle, 1), idle_.size());
+      const int shed = static_cast<int>(idle_.size()) - keep;
+      for (int i = 0; i < shed; ++i) closing.push_back(std::move(idle_[i]));
+      idle_.erase(idle_.begin(), idle_.begin() + shed);
+      open_ -= shed;
+    }
+    return static_cast<int>(closing.size());  // closed here, unlocked
+  }
+
   // Opens backends until min_idle are idle (janitor). Errors are left to
   // the next Claim, which meets them again.
   void FillMinIdle() {

@@ -121,6 +121,10 @@ class Database {
   // their recycle age, and opens backends up to min_idle.
   virtual void Maintain() = 0;
 
+  // Closes idle backends beyond min_idle now (the daemon's backend budget is
+  // exhausted). Returns how many.
+  virtual int ShedIdle() { return 0; }
+
   virtual PoolStats Stats() const = 0;
 };
 

@@ -40,6 +40,8 @@ class SinglePoolDatabase : public Database {
 
   int Reset() override { return pool_->Reset(); }
 
+  int ShedIdle() override { return pool_->ShedIdle(); }
+
   void Maintain() override {
     pool_->CloseIdle(absl::Now());
     pool_->FillMinIdle();

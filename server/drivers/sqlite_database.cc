@@ -593,6 +593,10 @@ class SqliteDatabase : public Database {
     return count;
   }
 
+  int ShedIdle() override {
+    return readers_ != nullptr ? readers_->ShedIdle() : 0;
+  }
+
   void Maintain() override {
     // The writer is kept (see the file comment); readers go when idle.
     if (readers_ != nullptr) {

@@ -221,6 +221,45 @@ TEST(BackendPoolTest, MinIdleIsKeptOpen) {
 // ---------------------------------------------------------------------------
 // The daemon-wide budget (BackendBudget) over several pools.
 
+// Found by the abuse run: after a flood, idle backends held every unit until
+// their idle_timeout (10 min) and every new client was refused meanwhile.
+// At the bound the budget's reclaimer closes idle backends and tries again.
+TEST(BackendBudgetTest, AtTheBoundIdleBackendsOfOtherPoolsAreReclaimed) {
+  BackendBudget budget({.max_backends = 2}, [] { return 10; });
+  Counters counters_a;
+  Counters counters_b;
+  std::shared_ptr<Pool> a =
+      MakePool(&counters_a, {.pool_size = 2, .budget = &budget});
+  std::shared_ptr<Pool> b =
+      MakePool(&counters_b, {.pool_size = 2, .budget = &budget});
+  int reclaims = 0;
+  budget.SetReclaimer([&] {
+    ++reclaims;
+    a->ShedIdle();
+  });
+  {
+    absl::StatusOr<Pool::Lease> a1 = a->Acquire();
+    absl::StatusOr<Pool::Lease> a2 = a->Acquire();
+    ASSERT_TRUE(a1.ok() && a2.ok());
+  }
+  EXPECT_EQ(a->Stats().idle, 2);
+  absl::StatusOr<Pool::Lease> b1 = b->Acquire();
+  ASSERT_TRUE(b1.ok()) << b1.status();
+  EXPECT_EQ(reclaims, 1);
+  // The older idle one went; `a` keeps one, so its next call needs no unit.
+  EXPECT_EQ(a->Stats().idle, 1);
+  EXPECT_EQ(budget.open(), 2);
+  EXPECT_EQ(budget.refused(), 0);
+  absl::StatusOr<Pool::Lease> a3 = a->Acquire();
+  ASSERT_TRUE(a3.ok());
+  EXPECT_EQ(counters_a.opened.load(), 2);  // reused, not reopened
+
+  // Nothing idle is left to reclaim: refused, and counted.
+  absl::StatusOr<Pool::Lease> b2 = b->Acquire();
+  EXPECT_EQ(b2.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(budget.refused(), 1);
+}
+
 TEST(BackendBudgetTest, TwoPoolsShareTheBackendLimit) {
   BackendBudget budget({.max_backends = 2}, [] { return 10; });
   Counters counters_a;
