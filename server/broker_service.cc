@@ -70,6 +70,16 @@ absl::StatusOr<Caller> BrokerService::CallerOf(
   return caller;
 }
 
+template <typename Request>
+absl::StatusOr<Caller> BrokerService::Admit(
+    const grpc::CallbackServerContext& context, const grpc::ByteBuffer& raw,
+    Request* request) {
+  if (absl::Status decoded = DecodeRequest(raw, request); !decoded.ok()) {
+    return decoded;
+  }
+  return CallerOf(context);
+}
+
 template <typename Request, typename Response, typename Work>
 grpc::ServerUnaryReactor* BrokerService::RunUnary(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw,
@@ -85,9 +95,7 @@ grpc::ServerUnaryReactor* BrokerService::RunUnary(
   // Decoding and authenticating are cheap and bounded (gRPC caps the
   // message size), so they run here and a bad call never takes a worker.
   auto request = std::make_shared<Request>();
-  absl::Status decoded = DecodeRequest(*raw, request.get());
-  absl::StatusOr<Caller> caller =
-      decoded.ok() ? CallerOf(*context) : absl::StatusOr<Caller>(decoded);
+  absl::StatusOr<Caller> caller = Admit(*context, *raw, request.get());
   if (!caller.ok()) {
     finish(caller.status());
     return reactor;
@@ -149,10 +157,7 @@ class BrokerService::ExecuteReactor final : public grpc::ServerUnaryReactor {
   ExecuteReactor(BrokerService* service, grpc::CallbackServerContext* context,
                  const grpc::ByteBuffer* raw, grpc::ByteBuffer* response)
       : service_(service), context_(context), response_(response) {
-    absl::Status decoded = DecodeRequest(*raw, &request_);
-    absl::StatusOr<Caller> caller = decoded.ok()
-                                        ? service_->CallerOf(*context_)
-                                        : absl::StatusOr<Caller>(decoded);
+    absl::StatusOr<Caller> caller = service_->Admit(*context_, *raw, &request_);
     if (!caller.ok()) {
       FinishWith(caller.status());
       return;
@@ -206,10 +211,7 @@ class BrokerService::QueryReactor final
   QueryReactor(BrokerService* service, grpc::CallbackServerContext* context,
                const grpc::ByteBuffer* raw)
       : service_(service), context_(context) {
-    absl::Status decoded = DecodeRequest(*raw, &request_);
-    absl::StatusOr<Caller> caller = decoded.ok()
-                                        ? service_->CallerOf(*context_)
-                                        : absl::StatusOr<Caller>(decoded);
+    absl::StatusOr<Caller> caller = service_->Admit(*context_, *raw, &request_);
     if (!caller.ok()) {
       FinishWith(caller.status());
       return;

@@ -80,6 +80,12 @@ class BrokerService final : public RawConnectionBrokerService {
   // The caller of `context`, or why it may not call.
   absl::StatusOr<Caller> CallerOf(const grpc::CallbackServerContext& context);
 
+  // Decodes `raw` into `request` and authenticates the call: the Caller, or
+  // the error to finish the call with (INVALID_ARGUMENT, UNAUTHENTICATED).
+  template <typename Request>
+  absl::StatusOr<Caller> Admit(const grpc::CallbackServerContext& context,
+                               const grpc::ByteBuffer& raw, Request* request);
+
   // Decodes `raw` as a Request, authenticates, and runs `work(request,
   // caller)` on a worker; the Response it returns is encoded into
   // `response` and the unary call finished with its status.
