@@ -47,6 +47,20 @@ absl::Status Encode(const google::protobuf::Message& message,
   return absl::OkStatus();
 }
 
+// Points `out` at `bytes` without copying them: the slice holds a reference
+// to them (a cached result's) until gRPC is done with it.
+void Share(std::shared_ptr<const std::string> bytes, grpc::ByteBuffer* out) {
+  auto* held = new std::shared_ptr<const std::string>(std::move(bytes));
+  grpc::Slice slice(
+      const_cast<char*>((*held)->data()), (*held)->size(),
+      [](void* held) {
+        delete static_cast<std::shared_ptr<const std::string>*>(held);
+      },
+      held);
+  grpc::ByteBuffer buffer(&slice, 1);
+  out->Swap(&buffer);
+}
+
 }  // namespace
 
 std::string SessionOf(const grpc::CallbackServerContext& context) {
@@ -270,8 +284,8 @@ class BrokerService::QueryReactor final
   }
 
   void Produce() {
-    const v1::QueryResponse* message = nullptr;
-    absl::StatusOr<QueryRun::Progress> progress = producer_->Next(&message);
+    QueryRun::Outgoing out;
+    absl::StatusOr<QueryRun::Progress> progress = producer_->Next(&out);
     if (!progress.ok()) {
       FinishWith(progress.status());
       return;
@@ -283,9 +297,15 @@ class BrokerService::QueryReactor final
       FinishWith(absl::OkStatus());
       return;
     }
-    if (absl::Status encoded = Encode(*message, &wire_); !encoded.ok()) {
+    absl::Status encoded = absl::OkStatus();
+    if (out.wire != nullptr) {
+      Share(std::move(out.wire), &wire_);
+    } else {
+      encoded = Encode(*out.message, &wire_);
+    }
+    if (!encoded.ok()) {
       FinishWith(encoded);
-    } else if (message->has_summary()) {
+    } else if (out.last) {
       // The last message: send it with the status in one go.
       StartWriteAndFinish(&wire_, grpc::WriteOptions(), grpc::Status::OK);
     } else {

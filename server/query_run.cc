@@ -266,11 +266,11 @@ bool QueryRun::GrowResultMemory(int64_t bytes) {
   return inflight_.TryGrow(bytes);
 }
 
-absl::StatusOr<bool> QueryRun::Collect(CachedResult* collected) {
+absl::StatusOr<bool> QueryRun::Collect(Collected* collected) {
   const int64_t max_bytes = cache_->max_entry_bytes();
-  *collected->schema_message.mutable_schema() = schema_;
-  collected->bytes =
-      static_cast<int64_t>(collected->schema_message.ByteSizeLong());
+  v1::QueryResponse schema_message;
+  *schema_message.mutable_schema() = schema_;
+  collected->bytes = static_cast<int64_t>(schema_message.ByteSizeLong());
   const int64_t schema_bytes = collected->bytes;
   // Takes one more batch into `collected` if it fits the entry bound and
   // the budget; else hands everything read so far to the stream.
@@ -278,9 +278,9 @@ absl::StatusOr<bool> QueryRun::Collect(CachedResult* collected) {
     const int64_t bytes = static_cast<int64_t>(message.ByteSizeLong());
     const bool too_big = collected->bytes + bytes > max_bytes;
     if (!too_big && GrowResultMemory(bytes)) {
-      collected->row_count += message.batch().row_count();
+      collected->rows += message.batch().row_count();
       collected->bytes += bytes;
-      collected->batch_messages.push_back(std::move(message));
+      collected->batches.push_back(std::move(message));
       return true;
     }
     if (!too_big) {
@@ -291,11 +291,11 @@ absl::StatusOr<bool> QueryRun::Collect(CachedResult* collected) {
     // never was, and the schema is produced from schema_.
     inflight_.Shrink(schema_bytes);
     std::deque<Buffered> stream;
-    for (v1::QueryResponse& kept : collected->batch_messages) {
+    for (v1::QueryResponse& kept : collected->batches) {
       const int64_t leased = static_cast<int64_t>(kept.ByteSizeLong());
       stream.push_back(Buffered{std::move(kept), leased});
     }
-    collected->batch_messages.clear();
+    collected->batches.clear();
     stream.push_back(Buffered{std::move(message), 0});
     // Batches still buffered were read after `message`.
     for (Buffered& later : buffered_) stream.push_back(std::move(later));
@@ -346,11 +346,11 @@ absl::StatusOr<bool> QueryRun::LeadFlight() {
     return opened.status();
   }
   if (!*opened) return false;  // the flight stays led while waiting
-  auto collected = std::make_shared<CachedResult>();
-  absl::StatusOr<bool> complete = Collect(collected.get());
+  Collected collected;
+  absl::StatusOr<bool> complete = Collect(&collected);
   if (!complete.ok()) {
     EndFlight(complete.status());
-    collected.reset();
+    collected.batches.clear();
     inflight_.ReleaseAll();
     return complete.status();
   }
@@ -365,12 +365,30 @@ absl::StatusOr<bool> QueryRun::LeadFlight() {
   // The result's bytes stay counted in the daemon's result memory for as
   // long as the result lives -- in the cache, or held by a slow reader after
   // its eviction -- and also in the cache's own bound while it is cached.
-  collected->memory = std::move(inflight_);
+  std::shared_ptr<CachedResult> result = Encode(std::move(collected));
+  result->memory = std::move(inflight_);
   inflight_ = MemoryBudget::Lease(limits_.inflight);
-  replay_ = collected;
-  flight_->Publish(std::move(collected), ttl_);
+  replay_ = result;
+  flight_->Publish(std::move(result), ttl_);
   flight_.reset();
   return true;
+}
+
+std::shared_ptr<CachedResult> QueryRun::Encode(Collected collected) const {
+  auto result = std::make_shared<CachedResult>();
+  v1::QueryResponse schema_message;
+  *schema_message.mutable_schema() = schema_;
+  result->schema_wire = schema_message.SerializeAsString();
+  result->batch_wire.reserve(collected.batches.size());
+  result->batch_rows.reserve(collected.batches.size());
+  for (v1::QueryResponse& batch : collected.batches) {
+    result->batch_wire.push_back(batch.SerializeAsString());
+    result->batch_rows.push_back(batch.batch().row_count());
+    batch.Clear();  // the encoded copy replaces it: hold one at a time
+  }
+  result->row_count = collected.rows;
+  result->bytes = collected.bytes;
+  return result;
 }
 
 bool QueryRun::NextNeedsDatabase() const {
@@ -388,8 +406,8 @@ bool QueryRun::NextNeedsDatabase() const {
   return true;
 }
 
-absl::StatusOr<QueryRun::Progress> QueryRun::Next(
-    const v1::QueryResponse** out) {
+absl::StatusOr<QueryRun::Progress> QueryRun::Next(Outgoing* out) {
+  *out = Outgoing();
   // The message handed out last has been written by now (the caller asks
   // for the next only then): its bytes leave the budget.
   inflight_.Shrink(std::exchange(produced_leased_bytes_, 0));
@@ -403,20 +421,21 @@ absl::StatusOr<QueryRun::Progress> QueryRun::Next(
     }
     case Phase::kSchema:
       if (replay_ != nullptr) {
-        *out = &replay_->schema_message;
+        // Aliasing pointers: they share the result's ownership.
+        out->wire =
+            std::shared_ptr<const std::string>(replay_, &replay_->schema_wire);
       } else {
         *message_.mutable_schema() = schema_;
-        *out = &message_;
+        out->message = &message_;
       }
       phase_ = Phase::kBatches;
       return Progress::kMessage;
     case Phase::kBatches: {
       if (replay_ != nullptr) {
-        if (replay_next_ < replay_->batch_messages.size()) {
-          const v1::QueryResponse& message =
-              replay_->batch_messages[replay_next_++];
-          rows_sent_ += message.batch().row_count();
-          *out = &message;
+        if (replay_next_ < replay_->batch_wire.size()) {
+          rows_sent_ += replay_->batch_rows[replay_next_];
+          out->wire = std::shared_ptr<const std::string>(
+              replay_, &replay_->batch_wire[replay_next_++]);
           return Progress::kMessage;
         }
       } else if (!buffered_.empty()) {
@@ -425,7 +444,7 @@ absl::StatusOr<QueryRun::Progress> QueryRun::Next(
         produced_leased_bytes_ = buffered_.front().leased_bytes;
         buffered_.pop_front();
         rows_sent_ += message_.batch().row_count();
-        *out = &message_;
+        out->message = &message_;
         return Progress::kMessage;
       } else {
         while (cursor_has_more_) {
@@ -434,7 +453,7 @@ absl::StatusOr<QueryRun::Progress> QueryRun::Next(
           if (!more.ok()) return more.status();
           if (batch->row_count() > 0) {
             rows_sent_ += batch->row_count();
-            *out = &message_;
+            out->message = &message_;
             return Progress::kMessage;
           }
         }
@@ -451,7 +470,8 @@ absl::StatusOr<QueryRun::Progress> QueryRun::Next(
           absl::ToInt64Microseconds(clock_->Now() - started_));
       summary->set_backend_executions(backend_executions_);
       summary->set_handle(connection_->handle());
-      *out = &message_;
+      out->message = &message_;
+      out->last = true;
       phase_ = Phase::kDone;
       return Progress::kMessage;
     }

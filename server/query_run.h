@@ -26,6 +26,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -67,6 +68,15 @@ struct QueryLimits {
 
 class QueryRun {
  public:
+  // One message of the reply, as Next() hands it out: the run's own
+  // message (valid until the next Next() or the run's end), or a cached
+  // result's, already encoded and shared (`wire` keeps it alive).
+  struct Outgoing {
+    const v1::QueryResponse* message = nullptr;
+    std::shared_ptr<const std::string> wire;
+    bool last = false;  // the summary: nothing follows
+  };
+
   // What Next() did.
   enum class Progress {
     kMessage,  // set `*out`
@@ -86,11 +96,10 @@ class QueryRun {
 
   ~QueryRun();
 
-  // Points `*out` at the next message to write: the first call runs the
-  // query (or finds its result) and returns its error, if any. The message
-  // stays valid until the next Next() call or the run's destruction. A
-  // cached result's messages are shared with every caller, not copied.
-  absl::StatusOr<Progress> Next(const v1::QueryResponse** out);
+  // Sets `*out` to the next message to write: the first call runs the query
+  // (or finds its result) and returns its error, if any. A cached result's
+  // messages are shared, encoded, with every caller: not copied.
+  absl::StatusOr<Progress> Next(Outgoing* out);
 
   // True when the next Next() may touch the database (and so must run on a
   // worker); false when it only copies out what the run already holds.
@@ -124,7 +133,14 @@ class QueryRun {
   // reserving its bytes from limits_.inflight. Returns false when it would
   // grow past the cache's max_entry_bytes or the budget: what was read is
   // then in `buffered_` and the rest stays in the cursor.
-  absl::StatusOr<bool> Collect(CachedResult* collected);
+  struct Collected {
+    std::vector<v1::QueryResponse> batches;
+    int64_t rows = 0;
+    int64_t bytes = 0;  // schema message and batches, as encoded
+  };
+  absl::StatusOr<bool> Collect(Collected* collected);
+  // Encodes a whole collected result for the cache.
+  std::shared_ptr<CachedResult> Encode(Collected collected) const;
   absl::StatusOr<bool> ReadBatch(v1::RowBatch* batch);
   // Adds `bytes` to this run's result memory, shedding unread cached results
   // if the budget is full. False when it still does not fit.
@@ -160,7 +176,7 @@ class QueryRun {
   size_t replay_next_ = 0;
   v1::Schema schema_;
   std::deque<Buffered> buffered_;
-  // The message Next() handed out last, unless it points into `replay_`.
+  // The message Next() handed out last, unless it came from `replay_`.
   v1::QueryResponse message_;
   // Bytes of `message_` still counted in `inflight_`: released by the next
   // Next(), once the caller has written it.

@@ -28,20 +28,20 @@
 
 namespace connbroker::server {
 
-// A whole result, immutable once published, held as the very messages a
-// Query reply writes: a hit hands out pointers into it and copies nothing.
+// A whole result, immutable once published, kept as the reply's messages
+// already encoded: a hit hands the same bytes to every reader, with neither a
+// copy nor a serialization per hit.
 struct CachedResult {
-  v1::QueryResponse schema_message;               // schema set
-  std::vector<v1::QueryResponse> batch_messages;  // batch set in each
+  std::string schema_wire;              // a QueryResponse with its schema
+  std::vector<std::string> batch_wire;  // a QueryResponse with a batch, each
+  std::vector<int64_t> batch_rows;      // rows of each batch
   int64_t row_count = 0;
-  int64_t bytes = 0;  // sum of ByteSizeLong() of the messages
+  int64_t bytes = 0;  // sum of the encoded messages' sizes
   // The result's share of the daemon's result memory
   // (limits.max_inflight_result_bytes), given back when the last holder --
   // the cache, or a slow reader still streaming it after its eviction --
   // lets go. Result memory is bounded wherever it is held.
   MemoryBudget::Lease memory;
-
-  const v1::Schema& schema() const { return schema_message.schema(); }
 };
 
 struct ResultCacheStats {

@@ -26,12 +26,21 @@ namespace {
 
 using ::testing::HasSubstr;
 
+// The message `out` hands out, decoded if it came encoded.
+v1::QueryResponse MessageOf(const QueryRun::Outgoing& out) {
+  if (out.message != nullptr) return *out.message;
+  v1::QueryResponse message;
+  EXPECT_TRUE(message.ParseFromString(*out.wire));
+  return message;
+}
+
 // What a whole run produced, copied out message by message.
 struct Reply {
   absl::Status status;
   std::vector<v1::QueryResponse> messages;
-  // Where each message lived when Next() handed it out.
-  std::vector<const v1::QueryResponse*> addresses;
+  // Where each message lived when Next() handed it out: the run's own
+  // message, or a cached result's encoded bytes.
+  std::vector<const void*> addresses;
   // The budget's use after each Next().
   std::vector<int64_t> in_use;
 
@@ -97,8 +106,8 @@ class QueryRunTest : public ::testing::Test {
   Reply Drain(QueryRun& run) {
     Reply reply;
     while (true) {
-      const v1::QueryResponse* message = nullptr;
-      absl::StatusOr<QueryRun::Progress> progress = run.Next(&message);
+      QueryRun::Outgoing out;
+      absl::StatusOr<QueryRun::Progress> progress = run.Next(&out);
       reply.in_use.push_back(budget_.in_use());
       if (!progress.ok()) {
         reply.status = progress.status();
@@ -106,8 +115,10 @@ class QueryRunTest : public ::testing::Test {
       }
       EXPECT_NE(*progress, QueryRun::Progress::kWaiting);
       if (*progress != QueryRun::Progress::kMessage) return reply;
-      reply.messages.push_back(*message);
-      reply.addresses.push_back(message);
+      reply.messages.push_back(MessageOf(out));
+      reply.addresses.push_back(out.message != nullptr
+                                    ? static_cast<const void*>(out.message)
+                                    : out.wire->data());
     }
   }
 
@@ -167,9 +178,10 @@ TEST_F(QueryRunTest, AnEvictedResultStillReadCountsUntilItsLastReaderEnds) {
   leader.reset();
   // A slow reader takes the schema and one batch of the cached result...
   std::unique_ptr<QueryRun> reader = Start(connection, sql, absl::Minutes(1));
-  const v1::QueryResponse* message = nullptr;
-  ASSERT_TRUE(reader->Next(&message).ok());
-  ASSERT_TRUE(reader->Next(&message).ok());
+  QueryRun::Outgoing out;
+  ASSERT_TRUE(reader->Next(&out).ok());
+  ASSERT_TRUE(reader->Next(&out).ok());
+  EXPECT_NE(out.wire, nullptr);  // a cached batch, shared
   const int64_t held = budget_.in_use();
   EXPECT_GT(held, 0);
   // ... and the result leaves the cache meanwhile.
@@ -178,6 +190,8 @@ TEST_F(QueryRunTest, AnEvictedResultStillReadCountsUntilItsLastReaderEnds) {
   EXPECT_EQ(budget_.in_use(), held);
   EXPECT_EQ(cache_.ShedUnreferenced(1 << 30), 0);  // nothing unreferenced
   reader.reset();
+  EXPECT_EQ(budget_.in_use(), held);  // the batch handed out is still held
+  out = QueryRun::Outgoing();         // as gRPC lets go of a written slice
   EXPECT_EQ(budget_.in_use(), 0);
 }
 
@@ -235,10 +249,12 @@ TEST_F(QueryRunTest, AFullBudgetStreamsTheResultUncachedAndReleasesAsItGoes) {
   std::vector<int64_t> ids;
   bool summary = false;
   while (true) {
-    const v1::QueryResponse* message = nullptr;
-    absl::StatusOr<QueryRun::Progress> progress = run->Next(&message);
+    QueryRun::Outgoing out;
+    absl::StatusOr<QueryRun::Progress> progress = run->Next(&out);
     ASSERT_TRUE(progress.ok()) << progress.status();
     if (*progress == QueryRun::Progress::kDone) break;
+    const v1::QueryResponse decoded = MessageOf(out);
+    const v1::QueryResponse* message = &decoded;
     in_use.push_back(small.in_use());
     EXPECT_LE(small.in_use(), small.limit());
     if (message->has_batch()) {
