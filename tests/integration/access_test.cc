@@ -397,20 +397,27 @@ TEST_F(AccessTest, RequiredClientCertificate) {
 //   - a call with a wrong token on the Unix socket: UNAUTHENTICATED
 //   - Connect to a name the token does not list: PERMISSION_DENIED
 //   - GetStats and Reset with a non-admin token: PERMISSION_DENIED
-//   - ListConnections with a non-admin token: OK, without the connections of
-//     other sessions (here: "hr", opened by the socket's owner).
+//   - ListConnections with a non-admin token: OK, showing only the names the
+//     token may use (here not "hr", opened by the socket's owner).
 
-class TokenLimits : public AccessTest {};
+class TokenLimits : public AccessTest {
+ protected:
+  // A daemon on its Unix socket that also knows the non-admin "sales"
+  // token (limited to the connection named sales).
+  std::unique_ptr<Daemon> StartOnSocketWithSalesToken() {
+    Daemon::Options options;
+    options.secrets_files = {Secrets()};
+    options.extra_args = {
+        "--config", Config(absl::StrCat("[auth]\ntoken_files = [\"",
+                                        TokenFile("sales.toml", kSalesToken,
+                                                  "[\"sales\"]", false),
+                                        "\"]\n"))};
+    return Daemon::Start(options);
+  }
+};
 
 TEST_F(TokenLimits, WrongTokenOnTheUnixSocketIsRefused) {
-  Daemon::Options options;
-  options.secrets_files = {Secrets()};
-  options.extra_args = {"--config",
-                        Config(absl::StrCat("[auth]\ntoken_files = [\"",
-                                            TokenFile("sales.toml", kSalesToken,
-                                                      "[\"sales\"]", false),
-                                            "\"]\n"))};
-  std::unique_ptr<Daemon> daemon = Daemon::Start(options);
+  std::unique_ptr<Daemon> daemon = StartOnSocketWithSalesToken();
   ASSERT_NE(daemon, nullptr);
   std::unique_ptr<Client> wrong =
       MakeClient(*daemon, {.bearer_token = "wrong-token-0123456789abcdef"});
@@ -436,14 +443,7 @@ TEST_F(TokenLimits, TokenLimitedToNamesOverTls) {
 }
 
 TEST_F(TokenLimits, NonAdminTokenOnTheUnixSocket) {
-  Daemon::Options options;
-  options.secrets_files = {Secrets()};
-  options.extra_args = {"--config",
-                        Config(absl::StrCat("[auth]\ntoken_files = [\"",
-                                            TokenFile("sales.toml", kSalesToken,
-                                                      "[\"sales\"]", false),
-                                            "\"]\n"))};
-  std::unique_ptr<Daemon> daemon = Daemon::Start(options);
+  std::unique_ptr<Daemon> daemon = StartOnSocketWithSalesToken();
   ASSERT_NE(daemon, nullptr);
   std::unique_ptr<Client> owner = MakeClient(*daemon, {.session_id = "owner"});
   ASSERT_TRUE(owner->Connect({.name = "hr"}).ok());
