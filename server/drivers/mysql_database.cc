@@ -53,6 +53,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
@@ -62,6 +63,7 @@
 #include "server/drivers/cancel_signal.h"
 #include "server/drivers/column_builder.h"
 #include "server/drivers/single_pool_database.h"
+#include "server/drivers/sql_text.h"
 
 namespace connbroker::server {
 namespace {
@@ -1146,32 +1148,13 @@ bool DropStaleStatement(MysqlBackend& backend, MYSQL_STMT* stmt,
 // True when `sql` starts (after blanks, comments and parentheses) with a
 // keyword that only reads, so running it again cannot double an effect.
 bool LooksLikeRead(absl::string_view sql) {
-  size_t i = 0;
-  while (i < sql.size()) {
-    const char c = sql[i];
-    if (absl::ascii_isspace(static_cast<unsigned char>(c)) || c == '(') {
-      ++i;
-    } else if (c == '#' || StartsDashComment(sql, i)) {
-      const size_t end = sql.find('\n', i);
-      if (end == absl::string_view::npos) return false;
-      i = end + 1;
-    } else if (sql.substr(i, 2) == "/*") {
-      const size_t end = sql.find("*/", i + 2);
-      if (end == absl::string_view::npos) return false;
-      i = end + 2;
-    } else {
-      break;
-    }
+  const absl::string_view keyword = LeadingKeyword(
+      sql, SqlComments{.hash_lines = true, .dash_needs_blank = true});
+  for (absl::string_view read : {"select", "with", "show", "values", "table",
+                                 "desc", "describe", "explain"}) {
+    if (absl::EqualsIgnoreCase(keyword, read)) return true;
   }
-  size_t end = i;
-  while (end < sql.size() &&
-         absl::ascii_isalpha(static_cast<unsigned char>(sql[end]))) {
-    ++end;
-  }
-  const std::string keyword = absl::AsciiStrToUpper(sql.substr(i, end - i));
-  return keyword == "SELECT" || keyword == "WITH" || keyword == "SHOW" ||
-         keyword == "VALUES" || keyword == "TABLE" || keyword == "DESC" ||
-         keyword == "DESCRIBE" || keyword == "EXPLAIN";
+  return false;
 }
 
 class MysqlCursor : public ResultCursor {

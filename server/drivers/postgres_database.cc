@@ -73,6 +73,7 @@
 #include "server/drivers/cancel_signal.h"
 #include "server/drivers/column_builder.h"
 #include "server/drivers/single_pool_database.h"
+#include "server/drivers/sql_text.h"
 
 namespace connbroker::server {
 namespace postgres_internal {
@@ -1033,26 +1034,8 @@ absl::StatusOr<BoundStatement> Bind(const std::string& sql,
 // where it saves parsing and planning. Utility statements (SET, BEGIN, DDL)
 // have no plan to keep.
 bool WorthPreparing(absl::string_view sql) {
-  size_t i = 0;
-  while (i < sql.size()) {
-    const char c = sql[i];
-    if (absl::ascii_isspace(static_cast<unsigned char>(c)) || c == '(') {
-      ++i;
-    } else if (sql.substr(i, 2) == "--") {
-      const size_t end = sql.find('\n', i);
-      i = end == absl::string_view::npos ? sql.size() : end + 1;
-    } else if (sql.substr(i, 2) == "/*") {
-      i = postgres_internal::SkipBlockComment(sql, i);
-    } else {
-      break;
-    }
-  }
-  size_t end = i;
-  while (end < sql.size() &&
-         absl::ascii_isalpha(static_cast<unsigned char>(sql[end]))) {
-    ++end;
-  }
-  const absl::string_view word = sql.substr(i, end - i);
+  const absl::string_view word =
+      LeadingKeyword(sql, SqlComments{.nested_blocks = true});
   for (absl::string_view planned : {"select", "insert", "update", "delete",
                                     "with", "values", "table", "merge"}) {
     if (absl::EqualsIgnoreCase(word, planned)) return true;
