@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
+#include "connbroker/config/name_pattern.h"
 
 namespace connbroker::server {
 
@@ -30,18 +30,7 @@ struct Caller {
   std::string who = "unix socket";
 
   bool MayUse(absl::string_view name) const {
-    if (!names.has_value()) return true;
-    for (const std::string& pattern : *names) {
-      if (!pattern.empty() && pattern.back() == '*') {
-        if (absl::StartsWith(name, absl::string_view(pattern).substr(
-                                       0, pattern.size() - 1))) {
-          return true;
-        }
-      } else if (name == pattern) {
-        return true;
-      }
-    }
-    return false;
+    return !names.has_value() || config::MatchesAnyPattern(name, *names);
   }
 };
 

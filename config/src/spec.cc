@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "connbroker/config/name_pattern.h"
 #include "connbroker/config/shown.h"
 
 namespace connbroker::config {
@@ -27,23 +28,6 @@ constexpr char kAllowClientKwargs[] = "allow_client_kwargs";
 constexpr char kAllowAttach[] = "allow_attach";
 // Longest connection name or type a request may carry.
 constexpr size_t kMaxNameBytes = 256;
-
-// Whether `var` matches [security] env_names (exact, or a prefix ending in
-// '*').
-bool EnvNameAllowed(const std::string& var,
-                    const std::vector<std::string>& patterns) {
-  for (const std::string& pattern : patterns) {
-    if (!pattern.empty() && pattern.back() == '*') {
-      if (absl::StartsWith(
-              var, absl::string_view(pattern).substr(0, pattern.size() - 1))) {
-        return true;
-      }
-    } else if (var == pattern) {
-      return true;
-    }
-  }
-  return false;
-}
 
 // The params that say where a connection points. A shared daemon must not be
 // redirected by its clients, so a request may set them only where the
@@ -499,7 +483,7 @@ absl::StatusOr<ConnectionSpec> ResolveSpec(const ConnectArgs& args,
       return absl::InvalidArgumentError(
           "connection name 'env:' needs a variable name: env:VAR");
     }
-    if (!EnvNameAllowed(var, settings.env_names)) {
+    if (!MatchesAnyPattern(var, settings.env_names)) {
       return absl::PermissionDeniedError(
           absl::StrCat("connection name 'env:", var,
                        "': the daemon does not let clients "
