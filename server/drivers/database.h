@@ -75,6 +75,62 @@ struct ExecuteResult {
   int64_t last_insert_id = 0;
 };
 
+// How a transaction begins (a session's BeginRequest).
+struct TransactionOptions {
+  enum class Isolation {
+    kDefault,  // the database's own
+    kReadUncommitted,
+    kReadCommitted,
+    kRepeatableRead,
+    kSerializable,
+  };
+  Isolation isolation = Isolation::kDefault;
+  bool read_only = false;
+  bool deferrable = false;  // PostgreSQL only
+};
+
+// One backend of a Database held by one client session: its statements run
+// on it in order, and a transaction begun on it stays open across calls
+// until COMMIT or ROLLBACK. Destroying it rolls back whatever is still open
+// and returns the backend to its pool (closed instead when broken). Not
+// thread-safe: one call at a time, from a worker; a CancelSignal interrupts
+// a running statement from another thread.
+class PinnedBackend {
+ public:
+  virtual ~PinnedBackend() = default;
+
+  // Starts a transaction with `options`, in the database's own words
+  // (SQLite: BEGIN IMMEDIATE, or BEGIN DEFERRED when read only; PostgreSQL:
+  // BEGIN ISOLATION LEVEL ... READ ONLY DEFERRABLE; MySQL: SET TRANSACTION
+  // ..., START TRANSACTION READ ONLY). INVALID_ARGUMENT for an option the
+  // database does not have (deferrable outside PostgreSQL), FAILED_PRECONDITION
+  // when a transaction is already open.
+  virtual absl::Status Begin(const TransactionOptions& options,
+                             CancelSignal* cancel) = 0;
+
+  // As Database::Query, on this backend. The cursor borrows the backend:
+  // destroy it (or read it to the end) before the next call, and before
+  // this object. Nothing is rolled back when it ends.
+  virtual absl::StatusOr<std::unique_ptr<ResultCursor>> Query(
+      const std::string& sql, const v1::Params& params,
+      CancelSignal* cancel) = 0;
+
+  // As Database::Execute, on this backend, except that a transaction the
+  // statement opens (BEGIN) stays open.
+  virtual absl::StatusOr<ExecuteResult> Execute(const std::string& sql,
+                                                const v1::Params& params,
+                                                CancelSignal* cancel) = 0;
+
+  // True while a transaction is open on the backend (asked of the database
+  // connection itself, so COMMIT, ROLLBACK, or an error that ended the
+  // transaction are all seen).
+  virtual bool InTransaction() = 0;
+
+  // True once the backend broke (UNAVAILABLE): whatever the transaction did
+  // is lost, and the backend closes when this is destroyed.
+  virtual bool broken() const = 0;
+};
+
 // A snapshot of a Database's pools, for ListConnections and stats.
 using PoolStats = v1::PoolStats;
 
@@ -111,6 +167,16 @@ class Database {
                                                 const v1::Params& params,
                                                 Reservation slot,
                                                 CancelSignal* cancel) = 0;
+
+  // Claims the backend of `slot` (from Reserve(kWrite); or Reserve(kRead)
+  // for a read-only transaction, which SQLite then runs on a reader) for one
+  // session; see PinnedBackend. Errors as Claim's: UNAVAILABLE when no
+  // backend can be opened.
+  virtual absl::StatusOr<std::unique_ptr<PinnedBackend>> Pin(Reservation slot) {
+    (void)slot;
+    return absl::UnimplementedError(
+        "this database does not run transactions across calls");
+  }
 
   // Closes every idle backend connection and marks those in use to close
   // when returned; the next use reconnects. Returns how many were closed or
