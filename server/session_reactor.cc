@@ -93,8 +93,10 @@ SessionReactor::~SessionReactor() {
     anchor_->reactor = nullptr;
   }
   if (txn_ != nullptr) {
-    spdlog::debug("session ended inside a transaction on {}: rolled back",
+    spdlog::debug("session ended inside a transaction on {}: rolling back",
                   txn_->connection->handle());
+    txn_.reset();  // rolls back and returns the backend
+    // Counted down only now, so that a client seeing 0 knows it is done.
     broker_->counters().transactions_open.fetch_sub(1,
                                                     std::memory_order_relaxed);
   }
@@ -819,16 +821,18 @@ void SessionReactor::OnIdleTimeout(uint64_t activity) {
     grpc::ByteBuffer buffer;
     if (Encode(notice, &buffer).ok()) SendLocked(std::move(buffer), nullptr);
   }
-  broker_->counters().transactions_open.fetch_sub(1, std::memory_order_relaxed);
-  broker_->counters().idle_transactions_rolled_back.fetch_add(
-      1, std::memory_order_relaxed);
   spdlog::info(
       "a session's transaction on {} idled past its timeout: rolled "
       "back",
       expired->connection->handle());
   // Rolling back is database work: a worker's.
-  workers_->Submit(
-      [expired = std::move(expired)]() mutable { expired.reset(); });
+  workers_->Submit([counters = &broker_->counters(),
+                    expired = std::move(expired)]() mutable {
+    expired.reset();
+    counters->transactions_open.fetch_sub(1, std::memory_order_relaxed);
+    counters->idle_transactions_rolled_back.fetch_add(
+        1, std::memory_order_relaxed);
+  });
 }
 
 // ---------------------------------------------------------------------------
