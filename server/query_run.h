@@ -57,7 +57,7 @@ struct BrokerCounters {
 
 // How a run cuts and retries.
 struct QueryLimits {
-  int chunk_rows = 1024;
+  int chunk_rows = 8192;  // as BrokerSettings::default_chunk_rows
   int64_t batch_bytes = 1 << 20;
   int max_attempts = 3;
   // The daemon-wide budget for results held while collected for the cache
