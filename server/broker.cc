@@ -284,7 +284,7 @@ absl::StatusOr<std::shared_ptr<Connection>> Broker::ResolveTarget(
 
 absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
     const v1::QueryRequest& request, const Caller& caller,
-    std::function<void()> resume) {
+    std::function<void()> resume, PinnedTransaction* pinned) {
   counters_.queries.fetch_add(1, std::memory_order_relaxed);
   if (request.sql().empty()) {
     return absl::InvalidArgumentError("the query has no sql");
@@ -302,8 +302,14 @@ absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
     ttl = absl::Seconds(request.ttl_seconds());
   }
   absl::StatusOr<std::shared_ptr<Connection>> connection =
-      ResolveTarget(request.target(), caller);
+      pinned != nullptr ? pinned->connection
+                        : ResolveTarget(request.target(), caller);
   if (!connection.ok()) return connection.status();
+  if (pinned != nullptr) {
+    // A transaction sees its own uncommitted writes: a cached result would
+    // be another snapshot, and caching its result would show them to others.
+    ttl = absl::ZeroDuration();
+  }
 
   QueryLimits limits;
   limits.chunk_rows = request.chunk_rows() > 0 ? request.chunk_rows()
@@ -311,6 +317,14 @@ absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
   limits.batch_bytes = settings_.batch_bytes;
   limits.max_attempts = settings_.max_attempts;
   limits.inflight = &inflight_results_;
+  if (pinned != nullptr) {
+    // The transaction holds the connection's call slot already.
+    auto run = std::make_unique<QueryRun>(
+        *std::move(connection), request.sql(), request.params(), ttl, limits,
+        &results_, &counters_, clock_, std::move(resume));
+    run->UsePinned(pinned->backend.get());
+    return run;
+  }
   absl::StatusOr<Connection::CallSlot> slot =
       (*connection)->StartCall(settings_.limits.max_calls_per_connection);
   if (!slot.ok()) {
@@ -322,6 +336,69 @@ absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
       &results_, &counters_, clock_, std::move(resume));
   run->HoldCallSlot(*std::move(slot));
   return run;
+}
+
+absl::StatusOr<v1::ExecuteResponse> Broker::ExecuteOn(PinnedTransaction& pinned,
+                                                      const std::string& sql,
+                                                      const v1::Params& params,
+                                                      CancelSignal* cancel) {
+  counters_.executes.fetch_add(1, std::memory_order_relaxed);
+  if (sql.empty())
+    return absl::InvalidArgumentError("the statement has no sql");
+  counters_.backend_executions.fetch_add(1, std::memory_order_relaxed);
+  absl::StatusOr<ExecuteResult> result =
+      pinned.backend->Execute(sql, params, cancel);
+  if (!result.ok()) return result.status();
+  v1::ExecuteResponse response;
+  response.set_rows_affected(result->rows_affected);
+  response.set_last_insert_id(result->last_insert_id);
+  response.set_handle(pinned.connection->handle());
+  return response;
+}
+
+void Broker::Pin(const v1::Target& target, const Caller& caller, Access access,
+                 CancelSignal* cancel, PinDone done) {
+  absl::StatusOr<std::shared_ptr<Connection>> resolved =
+      ResolveTarget(target, caller);
+  if (!resolved.ok()) {
+    done(resolved.status());
+    return;
+  }
+  auto pinned = std::make_shared<PinnedTransaction>();
+  pinned->connection = *std::move(resolved);
+  absl::StatusOr<Connection::CallSlot> call =
+      pinned->connection->StartCall(settings_.limits.max_calls_per_connection);
+  if (!call.ok()) {
+    counters_.calls_refused.fetch_add(1, std::memory_order_relaxed);
+    done(call.status());
+    return;
+  }
+  pinned->call = *std::move(call);
+  Database& database = pinned->connection->database();
+  database.Reserve(
+      access, cancel,
+      [this, pinned,
+       done = std::move(done)](absl::StatusOr<Reservation> backend) mutable {
+        if (!backend.ok()) {
+          done(backend.status());
+          return;
+        }
+        // std::function needs a copyable task; the reservation is move-only.
+        auto held = std::make_shared<Reservation>(*std::move(backend));
+        run_on_worker_([pinned, done = std::move(done), held]() mutable {
+          absl::StatusOr<std::unique_ptr<PinnedBackend>> backend =
+              pinned->connection->database().Pin(std::move(*held));
+          if (!backend.ok()) {
+            done(backend.status());
+            return;
+          }
+          auto owned = std::make_unique<PinnedTransaction>();
+          owned->connection = pinned->connection;
+          owned->call = std::move(pinned->call);
+          owned->backend = *std::move(backend);
+          done(std::move(owned));
+        });
+      });
 }
 
 void Broker::Execute(const v1::ExecuteRequest& request, const Caller& caller,
@@ -476,6 +553,10 @@ absl::StatusOr<v1::GetStatsResponse> Broker::Stats(const Caller& caller) const {
   stats.set_max_inflight_result_bytes(inflight_results_.limit());
   stats.set_inflight_budget_refusals(counters_.inflight_budget_refusals.load());
   stats.set_open_files(CountOpenFiles());
+  stats.set_sessions_open(counters_.sessions_open.load());
+  stats.set_transactions_open(counters_.transactions_open.load());
+  stats.set_idle_transactions_rolled_back(
+      counters_.idle_transactions_rolled_back.load());
   stats.set_uptime_seconds(absl::ToInt64Seconds(clock_->Now() - started_));
   absl::Status load_error;
   std::shared_ptr<const config::Secrets> secrets = CurrentSecrets(&load_error);

@@ -32,6 +32,16 @@
 
 namespace connbroker::server {
 
+// A session's transaction: one backend of one connection, pinned to the
+// session until commit or rollback. Destroying it rolls back what is open
+// and returns the backend (members go in reverse order: the backend first,
+// then the call slot, then the connection).
+struct PinnedTransaction {
+  std::shared_ptr<Connection> connection;
+  Connection::CallSlot call;  // a transaction counts as a call
+  std::unique_ptr<PinnedBackend> backend;
+};
+
 class Broker {
  public:
   struct Options {
@@ -73,10 +83,11 @@ class Broker {
   // need caller.admin, and a listing shows only names the caller may use.
   absl::StatusOr<v1::ConnectResponse> Connect(const v1::ConnectRequest& request,
                                               const Caller& caller);
-  // `resume`: see QueryRun.
+  // `resume`: see QueryRun. With `pinned` (a session's transaction, on
+  // request's connection) the statement runs on its backend, uncached.
   absl::StatusOr<std::unique_ptr<QueryRun>> StartQuery(
       const v1::QueryRequest& request, const Caller& caller,
-      std::function<void()> resume);
+      std::function<void()> resume, PinnedTransaction* pinned = nullptr);
   // Runs the statement on the connection's writer; `done` runs once with
   // the reply. Waiting for the writer holds no thread (the statement then
   // runs through run_on_worker); `cancel` (must outlive the call) removes
@@ -85,11 +96,34 @@ class Broker {
   using ExecuteDone = std::function<void(absl::StatusOr<v1::ExecuteResponse>)>;
   void Execute(const v1::ExecuteRequest& request, const Caller& caller,
                CancelSignal* cancel, ExecuteDone done);
+  // Runs the statement on a session's transaction (blocking: call it from a
+  // worker). Not retried: the transaction's work is on that backend.
+  absl::StatusOr<v1::ExecuteResponse> ExecuteOn(PinnedTransaction& pinned,
+                                                const std::string& sql,
+                                                const v1::Params& params,
+                                                CancelSignal* cancel);
+  // Pins a backend of the connection `target` names to a session (Reserve
+  // with `access`, then Database::Pin); `done` runs once, on a worker. The
+  // resolving part blocks: call it from a worker. `cancel` must outlive the
+  // call.
+  using PinDone =
+      std::function<void(absl::StatusOr<std::unique_ptr<PinnedTransaction>>)>;
+  void Pin(const v1::Target& target, const Caller& caller, Access access,
+           CancelSignal* cancel, PinDone done);
+  // The connection `target` names: a handle (NOT_FOUND when unknown or
+  // another session's), or a ConnectRequest resolved on the spot (which may
+  // build the connection: blocking).
+  absl::StatusOr<std::shared_ptr<Connection>> ResolveTarget(
+      const v1::Target& target, const Caller& caller);
+
   absl::StatusOr<v1::ResetResponse> Reset(const v1::ResetRequest& request,
                                           const Caller& caller);
   absl::StatusOr<v1::ListConnectionsResponse> ListConnections(
       const v1::ListConnectionsRequest& request, const Caller& caller) const;
   absl::StatusOr<v1::GetStatsResponse> Stats(const Caller& caller) const;
+
+  // The counters every call adds to (session streams count theirs here).
+  BrokerCounters& counters() { return counters_; }
 
   // Counts a failed call (the service calls it once per error it returns).
   void CountError() { counters_.errors.fetch_add(1); }
@@ -109,8 +143,6 @@ class Broker {
       const v1::ConnectRequest& request, const Caller& caller);
   absl::StatusOr<ConnectOutcome> ConnectOnce(const v1::ConnectRequest& request,
                                              const Caller& caller);
-  absl::StatusOr<std::shared_ptr<Connection>> ResolveTarget(
-      const v1::Target& target, const Caller& caller);
   std::shared_ptr<const config::Secrets> CurrentSecrets(
       absl::Status* load_error) const;
   // After a reload: forgets the connections whose [connections.<name>]

@@ -8,9 +8,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "grpcpp/support/proto_buffer_reader.h"
 #include "server/logging.h"
+#include "server/session_reactor.h"
 #include "server/status_mapping.h"
+#include "server/wire.h"
 
 namespace connbroker::server {
 namespace {
@@ -18,48 +19,6 @@ namespace {
 constexpr char kSessionMetadata[] = "connbroker-session";
 // Session ids are keys of the daemon's tables: bounded like names.
 constexpr size_t kMaxSessionBytes = 256;
-
-template <typename Message>
-absl::Status DecodeRequest(const grpc::ByteBuffer& raw, Message* out) {
-  grpc::ByteBuffer copy(raw);  // shares the slices; the reader needs it
-  grpc::ProtoBufferReader reader(&copy);
-  if (!out->ParseFromZeroCopyStream(&reader)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the request could not be decoded as a ", out->GetTypeName(), " (",
-        raw.Length(),
-        " bytes): it is not that protobuf message, or a string field holds "
-        "invalid UTF-8"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Encode(const google::protobuf::Message& message,
-                    grpc::ByteBuffer* out) {
-  out->Clear();  // the writer requires an empty buffer
-  bool own_buffer = false;
-  grpc::Status status = grpc::GenericSerialize<grpc::ProtoBufferWriter,
-                                               google::protobuf::Message>(
-      message, out, &own_buffer);
-  if (!status.ok()) {
-    return absl::InternalError(
-        absl::StrCat("cannot encode the reply: ", status.error_message()));
-  }
-  return absl::OkStatus();
-}
-
-// Points `out` at `bytes` without copying them: the slice holds a reference
-// to them (a cached result's) until gRPC is done with it.
-void Share(std::shared_ptr<const std::string> bytes, grpc::ByteBuffer* out) {
-  auto* held = new std::shared_ptr<const std::string>(std::move(bytes));
-  grpc::Slice slice(
-      const_cast<char*>((*held)->data()), (*held)->size(),
-      [](void* held) {
-        delete static_cast<std::shared_ptr<const std::string>*>(held);
-      },
-      held);
-  grpc::ByteBuffer buffer(&slice, 1);
-  out->Swap(&buffer);
-}
 
 }  // namespace
 
@@ -299,7 +258,9 @@ class BrokerService::QueryReactor final
     }
     absl::Status encoded = absl::OkStatus();
     if (out.wire != nullptr) {
-      Share(std::move(out.wire), &wire_);
+      grpc::Slice slice = SharedSlice(std::move(out.wire));
+      grpc::ByteBuffer buffer(&slice, 1);
+      wire_.Swap(&buffer);
     } else {
       encoded = Encode(*out.message, &wire_);
     }
@@ -336,6 +297,11 @@ class BrokerService::QueryReactor final
   std::unique_ptr<QueryRun> run_ ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
 };
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
+BrokerService::Session(grpc::CallbackServerContext* context) {
+  return new SessionReactor(broker_, workers_, context, CallerOf(*context));
+}
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* BrokerService::Query(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {

@@ -36,7 +36,8 @@ using RawConnectionBrokerService =
                 v1::ConnectionBroker::WithRawCallbackMethod_Reset<
                     v1::ConnectionBroker::WithRawCallbackMethod_ListConnections<
                         v1::ConnectionBroker::WithRawCallbackMethod_GetStats<
-                            v1::ConnectionBroker::Service>>>>>>;
+                            v1::ConnectionBroker::WithRawCallbackMethod_Session<
+                                v1::ConnectionBroker::Service>>>>>>>;
 
 class BrokerService final : public RawConnectionBrokerService {
  public:
@@ -72,6 +73,9 @@ class BrokerService final : public RawConnectionBrokerService {
   grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context,
                                      const grpc::ByteBuffer* request,
                                      grpc::ByteBuffer* response) override;
+  // One client session's stream (see SessionReactor).
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Session(
+      grpc::CallbackServerContext* context) override;
 
  private:
   class QueryReactor;

@@ -158,7 +158,54 @@ void QueryRun::OnSlot(absl::StatusOr<Reservation> slot) {
   if (resume_now) resume_();
 }
 
+absl::Status QueryRun::StartCursor(
+    absl::StatusOr<std::unique_ptr<ResultCursor>> cursor) {
+  ++backend_executions_;
+  counters_->backend_executions.fetch_add(1, std::memory_order_relaxed);
+  if (!cursor.ok()) return cursor.status();
+  ResultCursor* raw = cursor->get();
+  {
+    absl::MutexLock lock(&cursor_mu_);
+    if (cancelled_) return absl::CancelledError("query cancelled");
+    cursor_ = std::move(*cursor);
+  }
+  v1::RowBatch first;
+  absl::StatusOr<bool> more = raw->Next(
+      limits_.chunk_rows, static_cast<size_t>(limits_.batch_bytes), &first);
+  if (!more.ok()) {
+    absl::MutexLock lock(&cursor_mu_);
+    cursor_.reset();
+    return more.status();
+  }
+  schema_ = raw->schema();
+  cursor_has_more_ = *more;
+  if (first.row_count() > 0) {
+    Buffered buffered;
+    *buffered.message.mutable_batch() = std::move(first);
+    buffered_.push_back(std::move(buffered));
+  }
+  if (!cursor_has_more_) {
+    // Exhausted already: give the backend back (or, pinned, free it for the
+    // session's next statement) now.
+    std::unique_ptr<ResultCursor> done;
+    absl::MutexLock lock(&cursor_mu_);
+    done = std::move(cursor_);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<bool> QueryRun::OpenCursorWithRetry() {
+  if (pinned_ != nullptr) {
+    // A session's transaction: its own backend, which a retry would not
+    // have (the transaction's work is on the broken one), so never retried.
+    {
+      absl::MutexLock lock(&cursor_mu_);
+      if (cancelled_) return absl::CancelledError("query cancelled");
+    }
+    absl::Status started = StartCursor(pinned_->Query(sql_, params_, &cancel_));
+    if (!started.ok()) return started;
+    return true;
+  }
   Database& database = connection_->database();
   while (true) {
     // 1. A backend: ask the pool, and park (kWaiting) until it answers.
@@ -196,36 +243,9 @@ absl::StatusOr<bool> QueryRun::OpenCursorWithRetry() {
     // 2. The statement and its first batch, which settles the column kinds
     // the schema announces and is where a broken backend usually shows.
     ++attempts_;
-    ++backend_executions_;
-    counters_->backend_executions.fetch_add(1, std::memory_order_relaxed);
-    absl::Status last;
-    absl::StatusOr<std::unique_ptr<ResultCursor>> cursor =
-        database.Query(sql_, params_, *std::move(slot), &cancel_);
-    if (cursor.ok()) {
-      ResultCursor* raw = cursor->get();
-      {
-        absl::MutexLock lock(&cursor_mu_);
-        cursor_ = std::move(*cursor);
-      }
-      v1::RowBatch first;
-      absl::StatusOr<bool> more = raw->Next(
-          limits_.chunk_rows, static_cast<size_t>(limits_.batch_bytes), &first);
-      if (more.ok()) {
-        schema_ = raw->schema();
-        cursor_has_more_ = *more;
-        if (first.row_count() > 0) {
-          Buffered buffered;
-          *buffered.message.mutable_batch() = std::move(first);
-          buffered_.push_back(std::move(buffered));
-        }
-        return true;
-      }
-      last = more.status();
-      absl::MutexLock lock(&cursor_mu_);
-      cursor_.reset();
-    } else {
-      last = cursor.status();
-    }
+    absl::Status last =
+        StartCursor(database.Query(sql_, params_, *std::move(slot), &cancel_));
+    if (last.ok()) return true;
     if (last.code() != absl::StatusCode::kUnavailable) return last;
     if (attempts_ >= limits_.max_attempts) {
       return absl::Status(last.code(), absl::StrCat(last.message(), " (after ",

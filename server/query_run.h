@@ -51,8 +51,14 @@ struct BrokerCounters {
   std::atomic<int64_t> resets{0};
   // Results streamed uncached because the in-flight budget was full.
   std::atomic<int64_t> inflight_budget_refusals{0};
-  // Calls refused by limits.max_calls_per_connection.
+  // Calls refused by limits.max_calls_per_connection (and sessions by
+  // limits.max_sessions).
   std::atomic<int64_t> calls_refused{0};
+  // Session streams and their transactions open now; transactions the
+  // daemon rolled back for idling past transactions.idle_timeout.
+  std::atomic<int64_t> sessions_open{0};
+  std::atomic<int64_t> transactions_open{0};
+  std::atomic<int64_t> idle_transactions_rolled_back{0};
 };
 
 // How a run cuts and retries.
@@ -108,6 +114,11 @@ class QueryRun {
   // Interrupts the database work of this run, if any.
   void Cancel();
 
+  // Runs the statement on `pinned` (a session's transaction; must outlive
+  // the run) instead of a backend of the pool: never cached (ttl must be
+  // zero), never retried. Call before the first Next().
+  void UsePinned(PinnedBackend* pinned) { pinned_ = pinned; }
+
   // Counts this run against its connection's calls until it is destroyed.
   void HoldCallSlot(Connection::CallSlot slot) { call_slot_ = std::move(slot); }
 
@@ -124,6 +135,10 @@ class QueryRun {
   // retrying while the backend is broken (UNAVAILABLE), up to max_attempts.
   // Returns false while waiting for a backend (`resume` follows).
   absl::StatusOr<bool> OpenCursorWithRetry();
+  // Takes the cursor a Query returned and reads its first batch; counts one
+  // backend execution.
+  absl::Status StartCursor(
+      absl::StatusOr<std::unique_ptr<ResultCursor>> cursor);
   // Called by the pool when the reservation asked for is ready (or failed).
   void OnSlot(absl::StatusOr<Reservation> slot);
   // Ends the flight this run leads with `status` (Abandon when it is this
@@ -162,6 +177,7 @@ class QueryRun {
   const Clock* const clock_;
   const std::function<void()> resume_;
   const absl::Time started_;
+  PinnedBackend* pinned_ = nullptr;  // see UsePinned
 
   // A batch read but not yet produced; `leased_bytes` of it are counted in
   // `inflight_`.

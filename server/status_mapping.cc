@@ -58,6 +58,11 @@ grpc::Status ToGrpcStatus(const absl::Status& status,
   if (status.ok()) return grpc::Status::OK;
   context->AddTrailingMetadata(kErrorDetailTrailer,
                                DetailOf(status).SerializeAsString());
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      CappedMessage(status));
+}
+
+std::string CappedMessage(const absl::Status& status) {
   // The message travels in a trailer, which gRPC bounds (8 KiB by default):
   // a longer one would replace a clear error with a transport failure.
   // Messages quote a client's input cut short already; this is the net.
@@ -65,8 +70,15 @@ grpc::Status ToGrpcStatus(const absl::Status& status,
   absl::string_view message = status.message();
   std::string text(message.substr(0, kMaxMessage));
   if (message.size() > kMaxMessage) text += "... (message cut)";
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::move(text));
+  return text;
+}
+
+v1::SessionError ToSessionError(const absl::Status& status) {
+  v1::SessionError error;
+  error.set_code(static_cast<int32_t>(status.code()));
+  error.set_message(CappedMessage(status));
+  *error.mutable_detail() = DetailOf(status);
+  return error;
 }
 
 }  // namespace connbroker::server

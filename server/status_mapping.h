@@ -8,8 +8,11 @@
 #ifndef CONNBROKER_SERVER_STATUS_MAPPING_H_
 #define CONNBROKER_SERVER_STATUS_MAPPING_H_
 
+#include <string>
+
 #include "absl/status/status.h"
 #include "connbroker/v1/broker.pb.h"
+#include "connbroker/v1/session.pb.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/status.h"
 
@@ -28,6 +31,12 @@ v1::ErrorDetail DetailOf(const absl::Status& status);
 // an error. REQUIRES: the call has not been finished yet.
 grpc::Status ToGrpcStatus(const absl::Status& status,
                           grpc::CallbackServerContext* context);
+
+// The status message as a client is sent it: at most 4 KiB.
+std::string CappedMessage(const absl::Status& status);
+
+// `status` (an error) as a Session stream answers one request with it.
+v1::SessionError ToSessionError(const absl::Status& status);
 
 }  // namespace connbroker::server
 

@@ -124,6 +124,7 @@ class SettingsReader {
       return ListEntry(key, "security.env_names", value, env_names_);
     }
     if (absl::StartsWith(key, "limits.")) return Limit(key, value);
+    if (absl::StartsWith(key, "transactions.")) return Transactions(key, value);
     if (key == "broker.socket_group") {
       if (absl::Status s = Text(key, value, settings_.access.socket_group);
           !s.ok()) {
@@ -334,6 +335,28 @@ class SettingsReader {
     return absl::OkStatus();
   }
 
+  // [transactions] idle_timeout, and [transactions.<section>] idle_timeout
+  // for one secrets section.
+  absl::Status Transactions(const std::string& key, const Value& value) {
+    absl::string_view rest = absl::string_view(key).substr(13);
+    if (!absl::ConsumeSuffix(&rest, "idle_timeout")) return Unknown(key);
+    absl::Duration d;
+    if (absl::Status s = Duration(key, value, d); !s.ok()) return s;
+    // A transaction holds a backend (SQLite: the only writer) from every
+    // other client; it must end on its own.
+    if (d < absl::Seconds(1) || d > absl::Hours(24)) {
+      return Error(key, "must be between 1s and 24h");
+    }
+    if (rest.empty()) {
+      settings_.idle_in_transaction_timeout = d;
+    } else if (absl::ConsumeSuffix(&rest, ".") && !rest.empty()) {
+      settings_.idle_in_transaction_timeouts[std::string(rest)] = d;
+    } else {
+      return Unknown(key);
+    }
+    return absl::OkStatus();
+  }
+
   // [limits]: DaemonLimits' fields by name.
   absl::Status Limit(const std::string& key, const Value& value) {
     DaemonLimits& limits = settings_.limits;
@@ -362,6 +385,12 @@ class SettingsReader {
     }
     if (field == "reserved_files") {
       return Int(key, value, 16, 1048576, limits.reserved_files);
+    }
+    if (field == "max_sessions") {
+      return Int(key, value, 1, 1000000, limits.max_sessions);
+    }
+    if (field == "max_pipelined_requests") {
+      return Int(key, value, 1, 65536, limits.max_pipelined_requests);
     }
     if (field == "max_calls_per_connection") {
       return Int(key, value, 1, 1000000, limits.max_calls_per_connection);

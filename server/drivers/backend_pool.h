@@ -208,6 +208,9 @@ class BackendPool : public Reservation::Source,
       if (entry_ != nullptr) entry_->broken = true;
     }
 
+    // True once MarkBroken was called (or the recycle hook failed).
+    bool broken() const { return entry_ != nullptr && entry_->broken; }
+
     // Returns the backend now (idempotent).
     void Release() {
       if (entry_ != nullptr) pool_->Return(std::move(entry_));

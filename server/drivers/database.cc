@@ -47,6 +47,14 @@ absl::StatusOr<ExecuteResult> ExecuteNow(Database& database,
   return database.Execute(sql, params, *std::move(slot), cancel);
 }
 
+absl::StatusOr<std::unique_ptr<PinnedBackend>> PinNow(Database& database,
+                                                      Access access,
+                                                      CancelSignal* cancel) {
+  absl::StatusOr<Reservation> slot = WaitForSlot(database, access, cancel);
+  if (!slot.ok()) return slot.status();
+  return database.Pin(*std::move(slot));
+}
+
 absl::Status WithSqlState(absl::Status status, absl::string_view sqlstate) {
   if (!status.ok() && !sqlstate.empty()) {
     status.SetPayload(kSqlStatePayload, absl::Cord(sqlstate));
@@ -64,6 +72,27 @@ absl::Status TransactionLeftOpenError() {
       "the statement left a transaction open; it was rolled back (one-shot "
       "Execute commits each call on its own: send BEGIN ... COMMIT in one "
       "script, or use a session for transactions)");
+}
+
+absl::Status TransactionAlreadyOpenError() {
+  return absl::FailedPreconditionError(
+      "a transaction is already open (COMMIT or ROLLBACK it first)");
+}
+
+absl::string_view IsolationLevelSql(TransactionOptions::Isolation isolation) {
+  switch (isolation) {
+    case TransactionOptions::Isolation::kDefault:
+      return "";
+    case TransactionOptions::Isolation::kReadUncommitted:
+      return "READ UNCOMMITTED";
+    case TransactionOptions::Isolation::kReadCommitted:
+      return "READ COMMITTED";
+    case TransactionOptions::Isolation::kRepeatableRead:
+      return "REPEATABLE READ";
+    case TransactionOptions::Isolation::kSerializable:
+      return "SERIALIZABLE";
+  }
+  return "";
 }
 
 void AddPoolCounters(const BackendPoolCounters& counters, PoolStats* stats) {

@@ -203,6 +203,10 @@ absl::StatusOr<ExecuteResult> ExecuteNow(Database& database,
                                          const std::string& sql,
                                          const v1::Params& params = {},
                                          CancelSignal* cancel = nullptr);
+// Pins a backend able to run `access` (kWrite for a transaction that may
+// write, kRead for a read-only one).
+absl::StatusOr<std::unique_ptr<PinnedBackend>> PinNow(
+    Database& database, Access access, CancelSignal* cancel = nullptr);
 
 // The SQLSTATE of a database error travels as a payload of its status (the
 // service puts it in the ErrorDetail trailer).
@@ -212,6 +216,13 @@ std::string SqlStateOf(const absl::Status& status);
 // What Execute answers after rolling back a transaction the statement left
 // open (see Database::Execute).
 absl::Status TransactionLeftOpenError();
+
+// What PinnedBackend::Begin answers when a transaction is already open.
+absl::Status TransactionAlreadyOpenError();
+
+// The SQL standard's words for `isolation` ("READ COMMITTED"), which
+// PostgreSQL and MySQL share; empty for kDefault.
+absl::string_view IsolationLevelSql(TransactionOptions::Isolation isolation);
 
 // Adds a pool's counters to `stats` (a connection with several pools, as
 // SQLite's writer and readers, reports their sum).

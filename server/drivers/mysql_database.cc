@@ -14,7 +14,9 @@
 // round trip each, and dashboards repeat the same few queries. SQLAlchemy
 // text()'s `:name` and pymysql's `%(name)s` markers are rewritten to `?`.
 // An Execute without parameters may be a script of several statements; it
-// runs over the text protocol with CLIENT_MULTI_STATEMENTS.
+// runs over the text protocol with CLIENT_MULTI_STATEMENTS. A session's
+// transaction pins one backend (MysqlPinned) and runs its statements through
+// the same paths, keeping the backend between calls.
 //
 // Results stream unbuffered (no mysql_stmt_store_result): rows are read from
 // the socket as batches are built, so memory stays bounded whatever the
@@ -492,10 +494,11 @@ absl::StatusOr<std::unique_ptr<MysqlBackend>> OpenBackend(
 }
 
 // Runs as a backend goes back to the pool: the next user must not inherit a
-// transaction (BEGIN through Query, a failed script) or autocommit turned
-// off. Only when the server says so, so a clean return costs no round trip;
-// a dead link is caught by pre-ping or by the next statement (UNAVAILABLE,
-// retried by the broker), not by a ping on every return.
+// transaction (BEGIN through Query, a failed script, a session's left open)
+// or autocommit turned off; a failed ROLLBACK closes the backend. Only when
+// the server says so, so a clean return costs no round trip; a dead link is
+// caught by pre-ping or by the next statement (UNAVAILABLE, retried by the
+// broker), not by a ping on every return.
 bool RecycleBackend(MysqlBackend& backend) {
   MYSQL* m = backend.mysql();
   if ((m->server_status & SERVER_STATUS_IN_TRANS) != 0 &&
@@ -1159,9 +1162,13 @@ bool LooksLikeRead(absl::string_view sql) {
 
 class MysqlCursor : public ResultCursor {
  public:
-  MysqlCursor(Lease lease, MYSQL_STMT* stmt, std::unique_ptr<Killer> killer,
-              CancelSignal* cancel)
-      : lease_(std::move(lease)),
+  // Owns `owned` when `borrowed` is null; else runs on *borrowed (a pinned
+  // backend's lease, which outlives the cursor and stays pinned when the
+  // result ends).
+  MysqlCursor(Lease owned, Lease* borrowed, MYSQL_STMT* stmt,
+              std::unique_ptr<Killer> killer, CancelSignal* cancel)
+      : owned_(std::move(owned)),
+        lease_(borrowed != nullptr ? borrowed : &owned_),
         stmt_(stmt),
         killer_(std::move(killer)),
         cancel_(cancel) {
@@ -1190,9 +1197,10 @@ class MysqlCursor : public ResultCursor {
 
   // Binds the result buffers; an error closes the cursor.
   absl::Status Start() {
-    if (!lease_ || row_ == nullptr) return absl::OkStatus();
+    if (lease_ == nullptr || row_ == nullptr) return absl::OkStatus();
     if (mysql_stmt_bind_result(stmt_, row_->binds()) != 0) {
-      absl::Status status = Failure(lease_, ErrorOf(stmt_, lease_->mysql()));
+      absl::Status status =
+          Failure(*lease_, ErrorOf(stmt_, (*lease_)->mysql()));
       Finish();
       return status;
     }
@@ -1206,7 +1214,7 @@ class MysqlCursor : public ResultCursor {
     batch->Clear();
     const int columns = schema_.columns_size();
     std::vector<ColumnBuilder> builders = StartBatch(columns, batch);
-    if (!lease_) return false;  // exhausted (or failed) before
+    if (lease_ == nullptr) return false;  // exhausted (or failed) before
     if (IsCancelled(cancel_)) {
       Finish();
       return CancelledStatus();
@@ -1230,7 +1238,7 @@ class MysqlCursor : public ResultCursor {
             // with it the statement: no further results follow.
             exhausted_ = true;
             failed_ = true;
-            failure = Failure(lease_, ErrorOf(stmt_, lease_->mysql()));
+            failure = Failure(*lease_, ErrorOf(stmt_, (*lease_)->mysql()));
             break;
           }
           if (IsCancelled(cancel_)) {
@@ -1274,12 +1282,13 @@ class MysqlCursor : public ResultCursor {
   }
 
  private:
-  // Ends the statement and gives the backend back at once. A result not
-  // read to its end is stopped with KILL QUERY and the rest flushed: the
-  // connection cannot run anything else while a result is pending.
+  // Ends the statement and gives the backend back at once (unless
+  // borrowed). A result not read to its end is stopped with KILL QUERY and
+  // the rest flushed: the connection cannot run anything else while a
+  // result is pending.
   void Finish() {
-    if (!lease_) return;
-    MysqlBackend& backend = *lease_;
+    if (lease_ == nullptr) return;
+    MysqlBackend& backend = **lease_;
     MYSQL* m = backend.mysql();
     bool broken = false;
     if (!exhausted_) {
@@ -1299,11 +1308,13 @@ class MysqlCursor : public ResultCursor {
     if (!broken && killer_->fired()) {
       broken = !SettleAfterKill(backend, *killer_);
     }
-    if (broken) lease_.MarkBroken();
-    lease_.Release();
+    if (broken) lease_->MarkBroken();
+    owned_.Release();  // nothing when borrowed
+    lease_ = nullptr;
   }
 
-  Lease lease_;
+  Lease owned_;
+  Lease* lease_;            // &owned_ or borrowed; null once finished
   MYSQL_STMT* const stmt_;  // owned by the backend's statement cache
   const std::unique_ptr<Killer> killer_;
   CancelSignal* const cancel_;
@@ -1314,6 +1325,259 @@ class MysqlCursor : public ResultCursor {
   bool pending_row_ = false;  // the buffers hold a row not sent yet
   bool exhausted_ = false;    // nothing more to read for this result
   bool failed_ = false;       // the result ended with an error
+};
+
+// ---------------------------------------------------------------------------
+// Statements on a claimed backend, for one-shot calls and pinned backends
+
+// Runs `step` (which blocks in the server) with `cancel` armed to KILL
+// QUERY the backend's statement. After a KILL, whatever `step` answered,
+// the call is CANCELLED and the backend is settled (or closed).
+absl::Status Run(Lease& lease, Killer& killer, CancelSignal* cancel,
+                 const std::function<absl::Status()>& step) {
+  absl::Status status;
+  {
+    ScopedInterrupt armed(cancel, killer.Interrupter());
+    if (!armed.ok()) return CancelledStatus();
+    status = step();
+  }
+  if (killer.fired()) {
+    if (!SettleAfterKill(*lease, killer)) lease.MarkBroken();
+    return WithSqlState(CancelledStatus(), SqlStateOf(status));
+  }
+  return status;
+}
+
+// Executes a prepared statement to its end, dropping any rows.
+absl::Status RunPrepared(Lease& lease, MYSQL_STMT* stmt, const std::string& sql,
+                         ExecuteResult* result) {
+  MYSQL* m = lease->mysql();
+  if (mysql_stmt_execute(stmt) != 0) {
+    const MysqlError error = ErrorOf(stmt, m);
+    if (error.code != CR_NEW_STMT_METADATA) return Failure(lease, error);
+    // It ran; only its rows, dropped here anyway, cannot be decoded.
+    return DropStaleStatement(*lease, stmt, sql) ? absl::OkStatus()
+                                                 : Failure(lease, ErrorOf(m));
+  }
+  while (true) {
+    if (mysql_stmt_field_count(stmt) > 0) {
+      mysql_stmt_free_result(stmt);  // reads and drops the rows
+      if (mysql_errno(m) != 0) return Failure(lease, ErrorOf(m));
+    } else {
+      result->rows_affected +=
+          static_cast<int64_t>(mysql_stmt_affected_rows(stmt));
+      const uint64_t id = mysql_stmt_insert_id(stmt);
+      if (id != 0) result->last_insert_id = static_cast<int64_t>(id);
+    }
+    if (!mysql_stmt_more_results(stmt)) break;
+    const int rc = mysql_stmt_next_result(stmt);
+    if (rc < 0) break;
+    if (rc > 0) return Failure(lease, ErrorOf(stmt, m));
+  }
+  return absl::OkStatus();
+}
+
+// Runs every statement of `sql` (a script) in order, over the text
+// protocol. Each statement commits on its own (autocommit) unless the
+// script says BEGIN (or a session's transaction is open); the server stops
+// at the first failure, leaving the statements before it done.
+absl::Status RunScript(Lease& lease, const std::string& sql,
+                       ExecuteResult* result) {
+  MYSQL* m = lease->mysql();
+  int index = 1;
+  int rc = mysql_real_query(m, sql.data(), sql.size());
+  while (true) {
+    if (rc != 0) {
+      absl::Status status = Failure(lease, ErrorOf(m));
+      if (index == 1) return status;
+      return WithSqlState(
+          absl::Status(status.code(), absl::StrCat("statement ", index, ": ",
+                                                   status.message())),
+          SqlStateOf(status));
+    }
+    if (mysql_field_count(m) > 0) {
+      // A SELECT in a script: its rows are read and dropped.
+      MYSQL_RES* rows = mysql_use_result(m);
+      if (rows == nullptr) return Failure(lease, ErrorOf(m));
+      while (mysql_fetch_row(rows) != nullptr) {
+      }
+      const MysqlError error = ErrorOf(m);
+      mysql_free_result(rows);
+      if (error.code != 0) return Failure(lease, error);
+    } else {
+      result->rows_affected += static_cast<int64_t>(mysql_affected_rows(m));
+      const uint64_t id = mysql_insert_id(m);
+      if (id != 0) result->last_insert_id = static_cast<int64_t>(id);
+    }
+    const int next = mysql_next_result(m);
+    if (next < 0) break;  // no more results
+    ++index;
+    rc = next;
+  }
+  return absl::OkStatus();
+}
+
+// Runs `sql` to its end on the lease's backend: a script over the text
+// protocol without parameters, one prepared statement with them.
+absl::StatusOr<ExecuteResult> ExecuteOn(
+    Lease& lease, const std::shared_ptr<const Target>& target,
+    const std::string& sql, const v1::Params& params, const BoundSql& bound,
+    CancelSignal* cancel) {
+  const bool has_params =
+      params.positional_size() > 0 || !params.named().empty();
+  ExecuteResult result;
+  Killer killer(target, *lease);
+  absl::Status status = Run(lease, killer, cancel, [&]() -> absl::Status {
+    if (!has_params) {
+      if (IsCancelled(cancel)) return CancelledStatus();
+      return RunScript(lease, sql, &result);
+    }
+    ParamBinds binds(bound.values);
+    absl::StatusOr<MYSQL_STMT*> stmt = PrepareAndBind(lease, bound, binds);
+    if (!stmt.ok()) return stmt.status();
+    if (IsCancelled(cancel)) return CancelledStatus();
+    return RunPrepared(lease, *stmt, bound.sql, &result);
+  });
+  if (!status.ok()) return status;
+  return result;
+}
+
+// Prepares and executes `bound` on the lease's backend and returns its
+// cursor, which owns the lease, or borrows it when `pinned`.
+absl::StatusOr<std::unique_ptr<ResultCursor>> QueryOn(
+    Lease& lease, bool pinned, const std::shared_ptr<const Target>& target,
+    const BoundSql& bound, CancelSignal* cancel) {
+  ParamBinds binds(bound.values);
+  auto killer = std::make_unique<Killer>(target, *lease);
+  MYSQL_STMT* stmt = nullptr;
+  for (int attempt = 0;; ++attempt) {
+    // Armed while preparing too: a prepare waits for metadata locks.
+    absl::StatusOr<MYSQL_STMT*> prepared;
+    bool executed = false;
+    int rc = 0;
+    {
+      ScopedInterrupt armed(cancel, killer->Interrupter());
+      if (!armed.ok()) return CancelledStatus();
+      prepared = PrepareAndBind(lease, bound, binds);
+      // A KILL sent while the backend sat between prepare and execute
+      // would find nothing to kill.
+      if (prepared.ok() && !IsCancelled(cancel)) {
+        rc = mysql_stmt_execute(*prepared);
+        executed = true;
+      }
+    }
+    absl::Status status;
+    if (!prepared.ok()) {
+      status = prepared.status();
+    } else if (!executed) {
+      status = CancelledStatus();
+    } else if (rc == 0) {
+      stmt = *prepared;
+      break;
+    } else {
+      const MysqlError error = ErrorOf(*prepared, lease->mysql());
+      if (error.code == CR_NEW_STMT_METADATA && !killer->fired()) {
+        if (!DropStaleStatement(*lease, *prepared, bound.sql)) {
+          return Failure(lease, ErrorOf(lease->mysql()));
+        }
+        // Running a read again is harmless; anything else already ran
+        // once and must not run twice.
+        if (attempt == 0 && LooksLikeRead(bound.sql)) continue;
+        return absl::AbortedError(
+            "the statement ran, but its result columns changed since it "
+            "was prepared (a table or procedure was altered) and its rows "
+            "could not be read; run it again");
+      }
+      status = Failure(lease, error);
+    }
+    if (!killer->fired()) return status;
+    if (!SettleAfterKill(*lease, *killer)) lease.MarkBroken();
+    return WithSqlState(CancelledStatus(), SqlStateOf(status));
+  }
+  // A KILL that fired during a successful execute leaves a result
+  // pending: the cursor's first Next sees the signal and cleans up.
+  auto cursor =
+      pinned ? std::make_unique<MysqlCursor>(Lease(), &lease, stmt,
+                                             std::move(killer), cancel)
+             : std::make_unique<MysqlCursor>(std::move(lease), nullptr, stmt,
+                                             std::move(killer), cancel);
+  absl::Status started = cursor->Start();
+  if (!started.ok()) return started;
+  return std::unique_ptr<ResultCursor>(std::move(cursor));
+}
+
+// ---------------------------------------------------------------------------
+// Pinned backends
+
+// One backend held by a session (see PinnedBackend). Statements go through
+// the one-shot paths (QueryOn, ExecuteOn), with the same prepared statement
+// cache and KILL QUERY on cancel.
+class MysqlPinned : public PinnedBackend {
+ public:
+  MysqlPinned(std::shared_ptr<const Target> target, Lease lease)
+      : target_(std::move(target)), lease_(std::move(lease)) {}
+
+  // RecycleBackend rolls back what is still open as the lease goes.
+  ~MysqlPinned() override = default;
+
+  absl::Status Begin(const TransactionOptions& options,
+                     CancelSignal* cancel) override {
+    if (options.deferrable) {
+      return absl::InvalidArgumentError(
+          "MySQL has no deferrable transactions (a PostgreSQL option)");
+    }
+    if (InTransaction()) return TransactionAlreadyOpenError();
+    // SET TRANSACTION (neither GLOBAL nor SESSION) applies to the next
+    // transaction only; both go in one round trip.
+    std::string sql;
+    const absl::string_view isolation = IsolationLevelSql(options.isolation);
+    if (!isolation.empty()) {
+      sql = absl::StrCat("SET TRANSACTION ISOLATION LEVEL ", isolation, "; ");
+    }
+    absl::StrAppend(&sql, options.read_only ? "START TRANSACTION READ ONLY"
+                                            : "START TRANSACTION");
+    return ExecuteOn(lease_, target_, sql, {}, BoundSql{}, cancel).status();
+  }
+
+  absl::StatusOr<std::unique_ptr<ResultCursor>> Query(
+      const std::string& sql, const v1::Params& params,
+      CancelSignal* cancel) override {
+    absl::StatusOr<BoundSql> bound = ResolveParams(sql, params);
+    if (!bound.ok()) return bound.status();
+    if (IsCancelled(cancel)) return CancelledStatus();
+    return QueryOn(lease_, /*pinned=*/true, target_, *bound, cancel);
+  }
+
+  absl::StatusOr<ExecuteResult> Execute(const std::string& sql,
+                                        const v1::Params& params,
+                                        CancelSignal* cancel) override {
+    absl::StatusOr<BoundSql> bound = ResolveParams(sql, params);
+    if (!bound.ok()) return bound.status();
+    if (IsCancelled(cancel)) return CancelledStatus();
+    return ExecuteOn(lease_, target_, sql, params, *bound, cancel);
+  }
+
+  bool InTransaction() override {
+    // A broken backend's transaction is gone with its link.
+    if (lease_.broken()) return false;
+    MYSQL* m = lease_->mysql();
+    // An error packet carries no server status, so after an error the flag
+    // may still show a transaction the error ended (a deadlock rolls back
+    // the whole transaction); a no-op's answer brings it up to date.
+    if (mysql_errno(m) != 0 && mysql_real_query(m, "DO 0", 4) != 0) {
+      if (BreaksBackend(mysql_errno(m))) {
+        lease_.MarkBroken();
+        return false;
+      }
+    }
+    return (m->server_status & SERVER_STATUS_IN_TRANS) != 0;
+  }
+
+  bool broken() const override { return lease_.broken(); }
+
+ private:
+  const std::shared_ptr<const Target> target_;
+  Lease lease_;
 };
 
 // ---------------------------------------------------------------------------
@@ -1334,62 +1598,10 @@ class MysqlDatabase : public SinglePoolDatabase<MysqlBackend> {
     if (IsCancelled(cancel)) return CancelledStatus();
     absl::StatusOr<Lease> lease = pool_->Claim(std::move(slot));
     if (!lease.ok()) return lease.status();
-    ParamBinds binds(bound->values);
-    auto killer = std::make_unique<Killer>(target_, **lease);
-    MYSQL_STMT* stmt = nullptr;
-    for (int attempt = 0;; ++attempt) {
-      // Armed while preparing too: a prepare waits for metadata locks.
-      absl::StatusOr<MYSQL_STMT*> prepared;
-      bool executed = false;
-      int rc = 0;
-      {
-        ScopedInterrupt armed(cancel, killer->Interrupter());
-        if (!armed.ok()) return CancelledStatus();
-        prepared = PrepareAndBind(*lease, *bound, binds);
-        // A KILL sent while the backend sat between prepare and execute
-        // would find nothing to kill.
-        if (prepared.ok() && !IsCancelled(cancel)) {
-          rc = mysql_stmt_execute(*prepared);
-          executed = true;
-        }
-      }
-      absl::Status status;
-      if (!prepared.ok()) {
-        status = prepared.status();
-      } else if (!executed) {
-        status = CancelledStatus();
-      } else if (rc == 0) {
-        stmt = *prepared;
-        break;
-      } else {
-        const MysqlError error = ErrorOf(*prepared, (*lease)->mysql());
-        if (error.code == CR_NEW_STMT_METADATA && !killer->fired()) {
-          if (!DropStaleStatement(**lease, *prepared, bound->sql)) {
-            return Failure(*lease, ErrorOf((*lease)->mysql()));
-          }
-          // Running a read again is harmless; anything else already ran
-          // once and must not run twice.
-          if (attempt == 0 && LooksLikeRead(bound->sql)) continue;
-          return absl::AbortedError(
-              "the statement ran, but its result columns changed since it "
-              "was prepared (a table or procedure was altered) and its rows "
-              "could not be read; run it again");
-        }
-        status = Failure(*lease, error);
-      }
-      if (!killer->fired()) return status;
-      if (!SettleAfterKill(**lease, *killer)) lease->MarkBroken();
-      return WithSqlState(CancelledStatus(), SqlStateOf(status));
-    }
-    // A KILL that fired during a successful execute leaves a result
-    // pending: the cursor's first Next sees the signal and cleans up.
-    auto cursor = std::make_unique<MysqlCursor>(*std::move(lease), stmt,
-                                                std::move(killer), cancel);
-    absl::Status started = cursor->Start();
-    if (!started.ok()) return started;
-    return std::unique_ptr<ResultCursor>(std::move(cursor));
+    return QueryOn(*lease, /*pinned=*/false, target_, *bound, cancel);
   }
 
+  // ExecuteOn, refusing (and rolling back) a transaction left open.
   absl::StatusOr<ExecuteResult> Execute(const std::string& sql,
                                         const v1::Params& params,
                                         Reservation slot,
@@ -1400,22 +1612,9 @@ class MysqlDatabase : public SinglePoolDatabase<MysqlBackend> {
     if (IsCancelled(cancel)) return CancelledStatus();
     absl::StatusOr<Lease> lease = pool_->Claim(std::move(slot));
     if (!lease.ok()) return lease.status();
-    const bool has_params =
-        params.positional_size() > 0 || !params.named().empty();
-    ExecuteResult result;
-    Killer killer(target_, **lease);
-    absl::Status status = Run(*lease, killer, cancel, [&]() -> absl::Status {
-      if (!has_params) {
-        if (IsCancelled(cancel)) return CancelledStatus();
-        return RunScript(*lease, sql, &result);
-      }
-      ParamBinds binds(bound->values);
-      absl::StatusOr<MYSQL_STMT*> stmt = PrepareAndBind(*lease, *bound, binds);
-      if (!stmt.ok()) return stmt.status();
-      if (IsCancelled(cancel)) return CancelledStatus();
-      return RunPrepared(*lease, *stmt, bound->sql, &result);
-    });
-    if (!status.ok()) return status;
+    absl::StatusOr<ExecuteResult> result =
+        ExecuteOn(*lease, target_, sql, params, *bound, cancel);
+    if (!result.ok()) return result;
     MYSQL* m = (*lease)->mysql();
     if ((m->server_status & SERVER_STATUS_IN_TRANS) != 0) {
       // The write is not acknowledged, so it must not survive either: a
@@ -1426,95 +1625,16 @@ class MysqlDatabase : public SinglePoolDatabase<MysqlBackend> {
     return result;
   }
 
+  absl::StatusOr<std::unique_ptr<PinnedBackend>> Pin(
+      Reservation slot) override {
+    if (!Owns(slot)) return NotOurs();
+    absl::StatusOr<Lease> lease = pool_->Claim(std::move(slot));
+    if (!lease.ok()) return lease.status();
+    return std::unique_ptr<PinnedBackend>(
+        new MysqlPinned(target_, *std::move(lease)));
+  }
+
  private:
-  // Runs `step` (which blocks in the server) with `cancel` armed to KILL
-  // QUERY the backend's statement. After a KILL, whatever `step` answered,
-  // the call is CANCELLED and the backend is settled (or closed).
-  static absl::Status Run(Lease& lease, Killer& killer, CancelSignal* cancel,
-                          const std::function<absl::Status()>& step) {
-    absl::Status status;
-    {
-      ScopedInterrupt armed(cancel, killer.Interrupter());
-      if (!armed.ok()) return CancelledStatus();
-      status = step();
-    }
-    if (killer.fired()) {
-      if (!SettleAfterKill(*lease, killer)) lease.MarkBroken();
-      return WithSqlState(CancelledStatus(), SqlStateOf(status));
-    }
-    return status;
-  }
-
-  // Executes a prepared statement to its end, dropping any rows.
-  static absl::Status RunPrepared(Lease& lease, MYSQL_STMT* stmt,
-                                  const std::string& sql,
-                                  ExecuteResult* result) {
-    MYSQL* m = lease->mysql();
-    if (mysql_stmt_execute(stmt) != 0) {
-      const MysqlError error = ErrorOf(stmt, m);
-      if (error.code != CR_NEW_STMT_METADATA) return Failure(lease, error);
-      // It ran; only its rows, dropped here anyway, cannot be decoded.
-      return DropStaleStatement(*lease, stmt, sql) ? absl::OkStatus()
-                                                   : Failure(lease, ErrorOf(m));
-    }
-    while (true) {
-      if (mysql_stmt_field_count(stmt) > 0) {
-        mysql_stmt_free_result(stmt);  // reads and drops the rows
-        if (mysql_errno(m) != 0) return Failure(lease, ErrorOf(m));
-      } else {
-        result->rows_affected +=
-            static_cast<int64_t>(mysql_stmt_affected_rows(stmt));
-        const uint64_t id = mysql_stmt_insert_id(stmt);
-        if (id != 0) result->last_insert_id = static_cast<int64_t>(id);
-      }
-      if (!mysql_stmt_more_results(stmt)) break;
-      const int rc = mysql_stmt_next_result(stmt);
-      if (rc < 0) break;
-      if (rc > 0) return Failure(lease, ErrorOf(stmt, m));
-    }
-    return absl::OkStatus();
-  }
-
-  // Runs every statement of `sql` (a script) in order, over the text
-  // protocol. Each statement commits on its own (autocommit) unless the
-  // script says BEGIN; the server stops at the first failure, leaving the
-  // statements before it done.
-  static absl::Status RunScript(Lease& lease, const std::string& sql,
-                                ExecuteResult* result) {
-    MYSQL* m = lease->mysql();
-    int index = 1;
-    int rc = mysql_real_query(m, sql.data(), sql.size());
-    while (true) {
-      if (rc != 0) {
-        absl::Status status = Failure(lease, ErrorOf(m));
-        if (index == 1) return status;
-        return WithSqlState(
-            absl::Status(status.code(), absl::StrCat("statement ", index, ": ",
-                                                     status.message())),
-            SqlStateOf(status));
-      }
-      if (mysql_field_count(m) > 0) {
-        // A SELECT in a script: its rows are read and dropped.
-        MYSQL_RES* rows = mysql_use_result(m);
-        if (rows == nullptr) return Failure(lease, ErrorOf(m));
-        while (mysql_fetch_row(rows) != nullptr) {
-        }
-        const MysqlError error = ErrorOf(m);
-        mysql_free_result(rows);
-        if (error.code != 0) return Failure(lease, error);
-      } else {
-        result->rows_affected += static_cast<int64_t>(mysql_affected_rows(m));
-        const uint64_t id = mysql_insert_id(m);
-        if (id != 0) result->last_insert_id = static_cast<int64_t>(id);
-      }
-      const int next = mysql_next_result(m);
-      if (next < 0) break;  // no more results
-      ++index;
-      rc = next;
-    }
-    return absl::OkStatus();
-  }
-
   const std::shared_ptr<const Target> target_;
 };
 

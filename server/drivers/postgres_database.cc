@@ -30,10 +30,13 @@
 // running, because a cancel request that reaches the server before the
 // statement does is ignored there.
 //
+// A session's transaction pins one backend (PgPinned) and runs its
+// statements through the same paths, keeping the backend between calls.
+//
 // Hygiene: a backend goes back to the pool only outside a transaction (the
-// recycle hook rolls back), never in the middle of a result (cursors cancel
-// and drain, or mark the backend broken), and is closed when libpq says the
-// link is gone.
+// recycle hook rolls back; a failed ROLLBACK closes it), never in the middle
+// of a result (cursors cancel and drain, or mark the backend broken), and is
+// closed when libpq says the link is gone.
 #include "server/drivers/postgres_database.h"
 
 #include <libpq-fe.h>
@@ -1279,22 +1282,26 @@ bool DecodeBytea(absl::string_view text, std::string* bytes) {
 
 class PgCursor : public ResultCursor {
  public:
-  PgCursor(Lease lease, CancelSignal* cancel)
-      : backend_(lease.get()),
+  // Owns `owned` when `borrowed` is null; else runs on *borrowed (a pinned
+  // backend's lease, which outlives the cursor and stays pinned when the
+  // result ends).
+  PgCursor(Lease owned, Lease* borrowed, CancelSignal* cancel)
+      : backend_((borrowed != nullptr ? *borrowed : owned).get()),
         cancel_(cancel),
         exchange_(backend_, cancel),
-        lease_(std::move(lease)) {}
+        owned_(std::move(owned)),
+        lease_(borrowed != nullptr ? borrowed : &owned_) {}
 
   ~PgCursor() override {
-    if (!lease_) return;
+    if (lease_ == nullptr) return;
     // Abandoned mid-result (the client went away): stop the statement and
     // read what is left, so the backend goes back clean; or close it when
     // that takes too long.
     if (!statement_over_) {
       exchange_.SendCancel();
-      if (!exchange_.Drain(absl::Now() + kDrainTimeout)) lease_.MarkBroken();
+      if (!exchange_.Drain(absl::Now() + kDrainTimeout)) lease_->MarkBroken();
     }
-    lease_.Release();
+    Finish();
   }
 
   // Sends `statement` and waits for its first result: its columns, or its
@@ -1332,8 +1339,8 @@ class PgCursor : public ResultCursor {
         first = exchange_.Next();
       }
       // A stale cached statement fails before it runs: once the cache is
-      // fixed, running it again is safe. Never inside a transaction (which
-      // the failure aborted; none spans calls, so this is belt and braces).
+      // fixed, running it again is safe. Never inside a transaction (a
+      // session's), which the failure aborted.
       if (attempt == 0 && first != nullptr &&
           PQresultStatus(first.get()) == PGRES_FATAL_ERROR &&
           RecoverStaleStatement(*backend_, prepared_key, first.get()) &&
@@ -1377,14 +1384,14 @@ class PgCursor : public ResultCursor {
     batch->Clear();
     if (!failure_.ok()) return failure_;
     if (exchange_.cancelled()) {
-      if (lease_ && !statement_over_) return Abort();
+      if (lease_ != nullptr && !statement_over_) return Abort();
       return Fail(CancelledStatus(), /*broken=*/false);
     }
     const int columns = schema_.columns_size();
     std::vector<ColumnBuilder> builders = StartBatch(columns, batch);
     int rows = 0;
     bool more = false;
-    if (lease_ && !statement_over_) {
+    if (lease_ != nullptr && !statement_over_) {
       absl::Status filled;
       {
         ScopedInterrupt armed(cancel_, CancelInterrupter(*backend_));
@@ -1456,7 +1463,9 @@ class PgCursor : public ResultCursor {
         backend_->io_timeout);
     if (!found.ok() || *found == nullptr) {
       // Names are a courtesy; a lost connection shows on the next use.
-      if (PQstatus(backend_->conn.get()) != CONNECTION_OK) lease_.MarkBroken();
+      if (PQstatus(backend_->conn.get()) != CONNECTION_OK) {
+        lease_->MarkBroken();
+      }
       return;
     }
     const PGresult* result = found->get();
@@ -1609,7 +1618,7 @@ class PgCursor : public ResultCursor {
   absl::Status Fail(absl::Status status, bool broken) {
     failure_ = std::move(status);
     pending_.reset();
-    if (broken && lease_) lease_.MarkBroken();
+    if (broken && lease_ != nullptr) lease_->MarkBroken();
     statement_over_ = true;  // drained, or the backend closes
     return failure_;
   }
@@ -1625,16 +1634,19 @@ class PgCursor : public ResultCursor {
     return Fail(CancelledStatus(), /*broken=*/!drained);
   }
 
-  // Gives the backend back as soon as the result is over or failed, not
-  // when the cursor dies. Never while the interrupter is armed.
+  // Gives the backend back (unless borrowed) as soon as the result is over
+  // or failed, not when the cursor dies. Never while the interrupter is
+  // armed.
   void Finish() {
-    if (lease_) lease_.Release();
+    owned_.Release();  // nothing when borrowed
+    lease_ = nullptr;
   }
 
-  PgBackend* const backend_;  // valid while lease_ is held
+  PgBackend* const backend_;  // valid while lease_ is set
   CancelSignal* const cancel_;
   Exchange exchange_;
-  Lease lease_;
+  Lease owned_;
+  Lease* lease_;  // &owned_ or borrowed; null once finished
   v1::Schema schema_;
   std::vector<Oid> types_;
   std::vector<Decode> decode_;
@@ -1648,6 +1660,158 @@ class PgCursor : public ResultCursor {
 // ---------------------------------------------------------------------------
 // Database
 
+// Sends `statement` on the lease's backend and returns its cursor, which
+// owns the lease, or borrows it when `pinned`.
+absl::StatusOr<std::unique_ptr<ResultCursor>> QueryOn(
+    Lease& lease, bool pinned, const BoundStatement& statement,
+    CancelSignal* cancel) {
+  if (cancel != nullptr && cancel->cancelled()) return CancelledStatus();
+  auto cursor =
+      pinned ? std::make_unique<PgCursor>(Lease(), &lease, cancel)
+             : std::make_unique<PgCursor>(std::move(lease), nullptr, cancel);
+  absl::Status started = cursor->Start(statement);
+  if (!started.ok()) return started;
+  return std::unique_ptr<ResultCursor>(std::move(cursor));
+}
+
+// Runs `statement` (a script when it has no parameters) to its end on the
+// lease's backend. rows_affected sums what PostgreSQL reports per statement
+// (PQcmdTuples: INSERT, UPDATE, DELETE, MERGE, and the rows of a SELECT or
+// CREATE TABLE AS, as psycopg2's rowcount has it). last_insert_id stays 0:
+// PostgreSQL has no such thing; INSERT ... RETURNING through Query is the
+// way.
+absl::StatusOr<ExecuteResult> ExecuteOn(Lease& lease,
+                                        const BoundStatement& statement,
+                                        CancelSignal* cancel) {
+  if (cancel != nullptr && cancel->cancelled()) return CancelledStatus();
+  PgBackend& backend = *lease;
+  PGconn* conn = backend.conn.get();
+  ExecuteResult result;
+  for (int attempt = 0;; ++attempt) {
+    // Without parameters the SQL may be a script (the simple protocol runs
+    // several statements); a SELECT's rows stream by and are dropped.
+    std::string prepared_key;
+    bool broken = false;
+    absl::Status sent = Send(backend, statement, /*allow_script=*/true, cancel,
+                             &prepared_key, &broken);
+    if (!sent.ok()) {
+      if (broken) lease.MarkBroken();
+      return sent;
+    }
+    Exchange exchange(&backend, cancel);
+    result = ExecuteResult();
+    absl::Status failure;
+    bool first = true;
+    bool stale = false;  // a stale cached statement failed before it ran
+    {
+      ScopedInterrupt armed(cancel, CancelInterrupter(backend));
+      if (!armed.ok()) exchange.SendCancel();
+      for (ResultPtr step; (step = exchange.Next()) != nullptr; first = false) {
+        switch (PQresultStatus(step.get())) {
+          case PGRES_SINGLE_TUPLE:
+          case PGRES_EMPTY_QUERY:
+            break;
+          case PGRES_TUPLES_OK:
+          case PGRES_COMMAND_OK: {
+            NoteCommand(backend, step.get());
+            int64_t rows = 0;
+            if (absl::SimpleAtoi(PQcmdTuples(step.get()), &rows)) {
+              result.rows_affected += rows;
+            }
+            break;
+          }
+          case PGRES_COPY_IN:
+          case PGRES_COPY_OUT:
+          case PGRES_COPY_BOTH:
+            lease.MarkBroken();
+            return CopyUnsupported();
+          default:
+            if (failure.ok()) {
+              bool lost = false;
+              failure = ResultError(conn, step.get(), &lost);
+              broken = broken || lost;
+              stale = first &&
+                      RecoverStaleStatement(backend, prepared_key, step.get());
+            }
+            break;
+        }
+      }
+    }
+    if (failure.ok()) break;
+    if (broken) lease.MarkBroken();
+    if (failure.code() == absl::StatusCode::kCancelled ||
+        exchange.cancelled()) {
+      return CancelledStatus();
+    }
+    // Once the cache is fixed, the statement may run again: it failed
+    // before running, and outside a transaction (inside one, the failure
+    // aborted it).
+    if (stale && attempt == 0 && !broken &&
+        PQtransactionStatus(conn) == PQTRANS_IDLE) {
+      continue;
+    }
+    return failure;
+  }
+  return result;
+}
+
+// One backend held by a session (see PinnedBackend). Statements go through
+// the one-shot paths (QueryOn, ExecuteOn), so they share the backend's
+// prepared statements and its cancel handling.
+class PgPinned : public PinnedBackend {
+ public:
+  explicit PgPinned(Lease lease) : lease_(std::move(lease)) {}
+
+  // The recycle hook rolls back what is still open as the lease goes.
+  ~PgPinned() override = default;
+
+  absl::Status Begin(const TransactionOptions& options,
+                     CancelSignal* cancel) override {
+    if (InTransaction()) return TransactionAlreadyOpenError();
+    // READ WRITE and NOT DEFERRABLE are the defaults: not spelled out.
+    std::vector<std::string> modes;
+    const absl::string_view isolation = IsolationLevelSql(options.isolation);
+    if (!isolation.empty()) {
+      modes.push_back(absl::StrCat("ISOLATION LEVEL ", isolation));
+    }
+    if (options.read_only) modes.push_back("READ ONLY");
+    if (options.deferrable) modes.push_back("DEFERRABLE");
+    absl::StatusOr<BoundStatement> statement =
+        Bind(absl::StrCat("BEGIN ", absl::StrJoin(modes, ", ")), {});
+    if (!statement.ok()) return statement.status();
+    return ExecuteOn(lease_, *statement, cancel).status();
+  }
+
+  absl::StatusOr<std::unique_ptr<ResultCursor>> Query(
+      const std::string& sql, const v1::Params& params,
+      CancelSignal* cancel) override {
+    absl::StatusOr<BoundStatement> statement = Bind(sql, params);
+    if (!statement.ok()) return statement.status();
+    return QueryOn(lease_, /*pinned=*/true, *statement, cancel);
+  }
+
+  absl::StatusOr<ExecuteResult> Execute(const std::string& sql,
+                                        const v1::Params& params,
+                                        CancelSignal* cancel) override {
+    absl::StatusOr<BoundStatement> statement = Bind(sql, params);
+    if (!statement.ok()) return statement.status();
+    return ExecuteOn(lease_, *statement, cancel);
+  }
+
+  bool InTransaction() override {
+    // PQTRANS_ACTIVE (a command in flight) cannot be seen between calls;
+    // PQTRANS_UNKNOWN is a lost connection, whose transaction is gone.
+    const PGTransactionStatusType status =
+        PQtransactionStatus(lease_->conn.get());
+    return status == PQTRANS_INTRANS || status == PQTRANS_INERROR;
+  }
+
+  bool broken() const override { return lease_.broken(); }
+
+ private:
+  Lease lease_;
+};
+
 class PostgresDatabase : public SinglePoolDatabase<PgBackend> {
  public:
   explicit PostgresDatabase(std::shared_ptr<Pool> pool)
@@ -1660,17 +1824,10 @@ class PostgresDatabase : public SinglePoolDatabase<PgBackend> {
     if (!statement.ok()) return statement.status();
     absl::StatusOr<Lease> lease = ClaimOwn(std::move(slot));
     if (!lease.ok()) return lease.status();
-    if (cancel != nullptr && cancel->cancelled()) return CancelledStatus();
-    auto cursor = std::make_unique<PgCursor>(*std::move(lease), cancel);
-    absl::Status started = cursor->Start(*statement);
-    if (!started.ok()) return started;
-    return std::unique_ptr<ResultCursor>(std::move(cursor));
+    return QueryOn(*lease, /*pinned=*/false, *statement, cancel);
   }
 
-  // rows_affected sums what PostgreSQL reports per statement (PQcmdTuples:
-  // INSERT, UPDATE, DELETE, MERGE, and the rows of a SELECT or CREATE TABLE
-  // AS, as psycopg2's rowcount has it). last_insert_id stays 0: PostgreSQL
-  // has no such thing; INSERT ... RETURNING through Query is the way.
+  // ExecuteOn, refusing (and rolling back) a transaction left open.
   absl::StatusOr<ExecuteResult> Execute(const std::string& sql,
                                         const v1::Params& params,
                                         Reservation slot,
@@ -1680,79 +1837,15 @@ class PostgresDatabase : public SinglePoolDatabase<PgBackend> {
     absl::StatusOr<Lease> claimed = ClaimOwn(std::move(slot));
     if (!claimed.ok()) return claimed.status();
     Lease& lease = *claimed;
-    if (cancel != nullptr && cancel->cancelled()) return CancelledStatus();
-    PgBackend& backend = *lease;
-    PGconn* conn = backend.conn.get();
-    ExecuteResult result;
-    for (int attempt = 0;; ++attempt) {
-      // Without parameters the SQL may be a script (the simple protocol runs
-      // several statements); a SELECT's rows stream by and are dropped.
-      std::string prepared_key;
-      bool broken = false;
-      absl::Status sent = Send(backend, *statement, /*allow_script=*/true,
-                               cancel, &prepared_key, &broken);
-      if (!sent.ok()) {
-        if (broken) lease.MarkBroken();
-        return sent;
-      }
-      Exchange exchange(&backend, cancel);
-      result = ExecuteResult();
-      absl::Status failure;
-      bool first = true;
-      bool stale = false;  // a stale cached statement failed before it ran
-      {
-        ScopedInterrupt armed(cancel, CancelInterrupter(backend));
-        if (!armed.ok()) exchange.SendCancel();
-        for (ResultPtr step; (step = exchange.Next()) != nullptr;
-             first = false) {
-          switch (PQresultStatus(step.get())) {
-            case PGRES_SINGLE_TUPLE:
-            case PGRES_EMPTY_QUERY:
-              break;
-            case PGRES_TUPLES_OK:
-            case PGRES_COMMAND_OK: {
-              NoteCommand(backend, step.get());
-              int64_t rows = 0;
-              if (absl::SimpleAtoi(PQcmdTuples(step.get()), &rows)) {
-                result.rows_affected += rows;
-              }
-              break;
-            }
-            case PGRES_COPY_IN:
-            case PGRES_COPY_OUT:
-            case PGRES_COPY_BOTH:
-              lease.MarkBroken();
-              return CopyUnsupported();
-            default:
-              if (failure.ok()) {
-                bool lost = false;
-                failure = ResultError(conn, step.get(), &lost);
-                broken = broken || lost;
-                stale = first && RecoverStaleStatement(backend, prepared_key,
-                                                       step.get());
-              }
-              break;
-          }
-        }
-      }
-      if (failure.ok()) break;
-      if (broken) lease.MarkBroken();
-      if (failure.code() == absl::StatusCode::kCancelled ||
-          exchange.cancelled()) {
-        return CancelledStatus();
-      }
-      // Once the cache is fixed, the statement may run again: it failed
-      // before running, and outside a transaction (none spans calls).
-      if (stale && attempt == 0 && !broken &&
-          PQtransactionStatus(conn) == PQTRANS_IDLE) {
-        continue;
-      }
-      // A transaction the script opened is rolled back by the recycle hook.
-      return failure;
-    }
+    // On failure, a transaction the script opened is rolled back by the
+    // recycle hook.
+    absl::StatusOr<ExecuteResult> result = ExecuteOn(lease, *statement, cancel);
+    if (!result.ok()) return result;
     // A cancel that came too late to stop the statements does not hide
     // that they ran (and committed).
-    const PGTransactionStatusType transaction = PQtransactionStatus(conn);
+    PgBackend& backend = *lease;
+    const PGTransactionStatusType transaction =
+        PQtransactionStatus(backend.conn.get());
     if (transaction == PQTRANS_INTRANS || transaction == PQTRANS_INERROR) {
       if (!RunOwn(backend, "ROLLBACK", {}, backend.io_timeout).ok()) {
         lease.MarkBroken();
@@ -1762,7 +1855,12 @@ class PostgresDatabase : public SinglePoolDatabase<PgBackend> {
     return result;
   }
 
- private:
+  absl::StatusOr<std::unique_ptr<PinnedBackend>> Pin(
+      Reservation slot) override {
+    absl::StatusOr<Lease> lease = ClaimOwn(std::move(slot));
+    if (!lease.ok()) return lease.status();
+    return std::unique_ptr<PinnedBackend>(new PgPinned(*std::move(lease)));
+  }
 };
 
 }  // namespace

@@ -14,6 +14,8 @@
 //  - Every backend gets busy_timeout and foreign_keys=ON.
 // Query prepares on a reader and moves to the writer when
 // sqlite3_stmt_readonly says the statement writes (INSERT ... RETURNING).
+// A session's transaction pins the writer (BEGIN IMMEDIATE), or a reader
+// when read only (BEGIN DEFERRED), and its statements stay there.
 // Cursors build columnar RowBatches: one typed vector per column while a
 // batch holds one storage class, a vector of Values once it holds several
 // (SQLite's dynamic typing), so no value changes type on the way.
@@ -208,7 +210,8 @@ absl::StatusOr<std::unique_ptr<SqliteBackend>> OpenBackend(const Target& target,
 
 // Runs as a backend goes back to its pool: a statement may have left a
 // transaction open (BEGIN through Query/Execute); the next user must not
-// inherit it. Transactions proper come later, pinned to one client.
+// inherit it, nor a session's transaction (a PinnedBackend destroyed with
+// its transaction open). A failed ROLLBACK closes the backend.
 bool RecycleBackend(SqliteBackend& backend) {
   sqlite3* db = backend.handle();
   sqlite3_progress_handler(db, 0, nullptr, nullptr);
@@ -412,11 +415,15 @@ bool Cancelled(CancelSignal* cancel) {
 
 class SqliteCursor : public ResultCursor {
  public:
-  SqliteCursor(Lease lease, StmtPtr stmt, CancelSignal* cancel)
-      : db_(lease->handle()),
+  // Owns `owned` when `borrowed` is null; else runs on *borrowed (a pinned
+  // backend's lease, which outlives the cursor and stays pinned when the
+  // result ends).
+  SqliteCursor(Lease owned, Lease* borrowed, StmtPtr stmt, CancelSignal* cancel)
+      : db_((borrowed != nullptr ? *borrowed : owned)->handle()),
         stmt_(std::move(stmt)),
         cancel_(cancel),
-        lease_(std::move(lease)) {
+        owned_(std::move(owned)),
+        lease_(borrowed != nullptr ? borrowed : &owned_) {
     sqlite3_progress_handler(db_, 1000, &ProgressCancelled,
                              const_cast<std::atomic<bool>*>(FlagOf(cancel_)));
     const int columns = sqlite3_column_count(stmt_.get());
@@ -522,15 +529,17 @@ class SqliteCursor : public ResultCursor {
   }
 
   // Finalizes the statement and gives the backend back at once (the result
-  // is exhausted or failed; no need to wait for the cursor's destruction).
+  // is exhausted or failed; no need to wait for the cursor's destruction),
+  // unless it is borrowed.
   void Finish(bool broken) {
     // Finalizing ends the read transaction, so WAL checkpoints are not held
     // back.
     stmt_.reset();
-    if (lease_) {
-      if (broken) lease_.MarkBroken();
+    if (lease_ != nullptr) {
+      if (broken) lease_->MarkBroken();
       sqlite3_progress_handler(db_, 0, nullptr, nullptr);
-      lease_.Release();
+      owned_.Release();  // nothing when borrowed
+      lease_ = nullptr;
     }
   }
 
@@ -542,7 +551,243 @@ class SqliteCursor : public ResultCursor {
   std::vector<bool> not_null_;  // declared NOT NULL, per column
   bool first_batch_done_ = false;
   bool pending_row_ = false;  // the statement's current row is not sent yet
+  Lease owned_;
+  Lease* lease_;  // &owned_ or borrowed; null once finished
+};
+
+// ---------------------------------------------------------------------------
+// Statements on a claimed backend, for one-shot calls and pinned backends
+
+// Prepares `sql` on the lease's backend; a backend that fails with an
+// UNAVAILABLE-class error is closed on return.
+absl::StatusOr<StmtPtr> PrepareOn(Lease& lease, const std::string& sql) {
+  absl::StatusOr<StmtPtr> stmt = PrepareOne(lease->handle(), sql);
+  if (!stmt.ok() && stmt.status().code() == absl::StatusCode::kUnavailable) {
+    lease.MarkBroken();
+  }
+  return stmt;
+}
+
+absl::Status Failed(Lease& lease, const absl::Status& status, int index,
+                    CancelSignal* cancel) {
+  if (Cancelled(cancel)) return absl::CancelledError("statement cancelled");
+  if (status.code() == absl::StatusCode::kUnavailable) lease.MarkBroken();
+  if (index <= 1) return status;
+  return absl::Status(
+      status.code(), absl::StrCat("statement ", index, ": ", status.message()));
+}
+
+absl::StatusOr<ExecuteResult> RunScript(Lease& lease, const std::string& sql,
+                                        const v1::Params& params,
+                                        bool has_params, CancelSignal* cancel) {
+  sqlite3* db = lease->handle();
+  ExecuteResult result;
+  const char* next = sql.data();
+  const char* end = sql.data() + sql.size();
+  int index = 0;
+  while (next < end) {
+    const char* tail = end;
+    absl::StatusOr<StmtPtr> stmt = PrepareFirst(db, next, end, &tail);
+    if (!stmt.ok()) return Failed(lease, stmt.status(), index + 1, cancel);
+    next = tail;
+    if (*stmt == nullptr) continue;  // blanks or a comment
+    ++index;
+    if (has_params && index == 1 &&
+        HasMoreStatements(absl::string_view(tail, end - tail))) {
+      return absl::InvalidArgumentError(
+          "Execute with parameters runs one statement; the SQL holds more "
+          "after the first (run a script without parameters)");
+    }
+    absl::Status bound = BindParams(db, stmt->get(), params);
+    if (!bound.ok()) return Failed(lease, bound, index, cancel);
+    const int64_t total_before = sqlite3_total_changes64(db);
+    int rc;
+    do {
+      rc = sqlite3_step(stmt->get());  // rows of a SELECT are dropped
+    } while (rc == SQLITE_ROW);
+    if (rc != SQLITE_DONE) {
+      return Failed(lease, SqliteError(db, rc), index, cancel);
+    }
+    // sqlite3_changes64 keeps the count of the last INSERT/UPDATE/DELETE
+    // across other statements (CREATE TABLE); only trust it when this
+    // statement changed something.
+    if (sqlite3_total_changes64(db) != total_before) {
+      result.rows_affected += sqlite3_changes64(db);
+      result.last_insert_id = sqlite3_last_insert_rowid(db);
+    }
+  }
+  return result;
+}
+
+// Runs every statement of `sql` in order on the lease's backend. With
+// parameters the SQL must hold one statement (which statement would they
+// bind to otherwise?); without, it is a script, as Python's executescript
+// runs one: each statement in autocommit unless the script says BEGIN (or
+// a transaction is open already), and a failure leaves the statements
+// before it done.
+absl::StatusOr<ExecuteResult> ExecuteOn(Lease& lease, const std::string& sql,
+                                        const v1::Params& params,
+                                        CancelSignal* cancel) {
+  if (sql.size() > static_cast<size_t>(INT_MAX)) {
+    return absl::InvalidArgumentError("SQL text too long");
+  }
+  const bool has_params =
+      params.positional_size() > 0 || !params.named().empty();
+  sqlite3* db = lease->handle();
+  sqlite3_progress_handler(db, 1000, &ProgressCancelled,
+                           const_cast<std::atomic<bool>*>(FlagOf(cancel)));
+  absl::StatusOr<ExecuteResult> result;
+  {
+    ScopedInterrupt armed(cancel, [db] { sqlite3_interrupt(db); });
+    if (armed.ok()) {
+      result = RunScript(lease, sql, params, has_params, cancel);
+    } else {
+      result = absl::CancelledError("statement cancelled");
+    }
+  }
+  // The handler points at `cancel`, which may not outlive this call; a
+  // pinned backend runs more statements before the recycle hook clears it.
+  sqlite3_progress_handler(db, 0, nullptr, nullptr);
+  return result;
+}
+
+// Binds `params` to `stmt` (prepared on the lease's backend) and returns
+// its cursor, which owns the lease, or borrows it when `pinned`.
+absl::StatusOr<std::unique_ptr<ResultCursor>> StartCursor(
+    Lease& lease, bool pinned, StmtPtr stmt, const v1::Params& params,
+    CancelSignal* cancel) {
+  absl::Status bound = BindParams(lease->handle(), stmt.get(), params);
+  if (!bound.ok()) return bound;
+  if (pinned) {
+    return std::unique_ptr<ResultCursor>(
+        new SqliteCursor(Lease(), &lease, std::move(stmt), cancel));
+  }
+  return std::unique_ptr<ResultCursor>(
+      new SqliteCursor(std::move(lease), nullptr, std::move(stmt), cancel));
+}
+
+// ---------------------------------------------------------------------------
+// Pinned backends
+
+// The writer, or a reader for a read-only transaction, held by one session.
+// Statements run where they are asked to: a write on a reader fails with
+// SQLite's own error (the reader is opened read-only) instead of moving to
+// the writer, which would leave the session's transaction.
+class SqlitePinned : public PinnedBackend {
+ public:
+  SqlitePinned(Lease lease, bool on_reader)
+      : lease_(std::move(lease)), on_reader_(on_reader) {}
+
+  ~SqlitePinned() override {
+    // RecycleBackend rolls back a transaction still open as the lease goes;
+    // a read-only one on the writer is rolled back here, so that
+    // query_only can be turned off before the writer serves anyone else.
+    if (!query_only_ || !lease_ || lease_.broken()) return;
+    sqlite3* db = lease_->handle();
+    if (!sqlite3_get_autocommit(db)) {
+      sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+    }
+    if (!EndQueryOnly().ok() || query_only_) lease_.MarkBroken();
+  }
+
+  absl::Status Begin(const TransactionOptions& options,
+                     CancelSignal* cancel) override {
+    try {
+      if (options.deferrable) {
+        return absl::InvalidArgumentError(
+            "SQLite has no deferrable transactions (a PostgreSQL option)");
+      }
+      if (InTransaction()) return TransactionAlreadyOpenError();
+      if (on_reader_ && !options.read_only) {
+        return absl::FailedPreconditionError(
+            "a read-write transaction needs the writer; this session holds a "
+            "reader (pinned for a read-only transaction)");
+      }
+      // Every isolation level is accepted: SQLite's transactions are
+      // serializable, and the SQL standard lets a database run a
+      // transaction at a stricter level than the one asked for.
+      absl::Status ended = EndQueryOnly();
+      if (!ended.ok()) return ended;
+      if (options.read_only && !on_reader_) {
+        // On the writer (an in-memory database has no readers) nothing but
+        // query_only keeps a read-only transaction from writing; it is
+        // turned off again once the transaction is over.
+        absl::StatusOr<ExecuteResult> set =
+            ExecuteOn(lease_, "PRAGMA query_only = ON", {}, cancel);
+        if (!set.ok()) return set.status();
+        query_only_ = true;
+      }
+      // IMMEDIATE takes the write lock now, so the transaction cannot fail
+      // later for want of it (SQLITE_BUSY past busy_timeout: ABORTED here);
+      // DEFERRED takes a read snapshot at the first read.
+      absl::StatusOr<ExecuteResult> begun = ExecuteOn(
+          lease_, options.read_only ? "BEGIN DEFERRED" : "BEGIN IMMEDIATE", {},
+          cancel);
+      if (!begun.ok()) {
+        EndQueryOnly().IgnoreError();  // the status at hand says more
+        return begun.status();
+      }
+      return absl::OkStatus();
+    } catch (const std::exception& e) {
+      return InternalFromException(e);
+    }
+  }
+
+  absl::StatusOr<std::unique_ptr<ResultCursor>> Query(
+      const std::string& sql, const v1::Params& params,
+      CancelSignal* cancel) override {
+    try {
+      absl::Status ended = EndQueryOnly();
+      if (!ended.ok()) return ended;
+      absl::StatusOr<StmtPtr> stmt = PrepareOn(lease_, sql);
+      if (!stmt.ok()) return stmt.status();
+      return StartCursor(lease_, /*pinned=*/true, *std::move(stmt), params,
+                         cancel);
+    } catch (const std::exception& e) {
+      return InternalFromException(e);
+    }
+  }
+
+  absl::StatusOr<ExecuteResult> Execute(const std::string& sql,
+                                        const v1::Params& params,
+                                        CancelSignal* cancel) override {
+    try {
+      absl::Status ended = EndQueryOnly();
+      if (!ended.ok()) return ended;
+      return ExecuteOn(lease_, sql, params, cancel);
+    } catch (const std::exception& e) {
+      return InternalFromException(e);
+    }
+  }
+
+  bool InTransaction() override {
+    return !sqlite3_get_autocommit(lease_->handle());
+  }
+
+  bool broken() const override { return lease_.broken(); }
+
+ private:
+  // Turns query_only off once the read-only transaction that set it is
+  // over (COMMIT, ROLLBACK or an error ended it), before the next
+  // statement.
+  absl::Status EndQueryOnly() {
+    if (!query_only_ || InTransaction()) return absl::OkStatus();
+    sqlite3* db = lease_->handle();
+    const int rc =
+        sqlite3_exec(db, "PRAGMA query_only = OFF", nullptr, nullptr, nullptr);
+    if (rc != SQLITE_OK) {
+      absl::Status status = SqliteError(db, rc);
+      // A writer stuck read-only must not go back to the pool.
+      lease_.MarkBroken();
+      return status;
+    }
+    query_only_ = false;
+    return absl::OkStatus();
+  }
+
   Lease lease_;
+  const bool on_reader_;
+  bool query_only_ = false;  // PRAGMA query_only is on (see Begin)
 };
 
 // ---------------------------------------------------------------------------
@@ -587,6 +832,19 @@ class SqliteDatabase : public Database {
     }
   }
 
+  absl::StatusOr<std::unique_ptr<PinnedBackend>> Pin(
+      Reservation slot) override {
+    const bool on_reader = OnReader(slot);
+    if (!on_reader && slot.source() != writer_.get()) {
+      return absl::InvalidArgumentError(
+          "the reservation does not belong to this connection");
+    }
+    absl::StatusOr<Lease> lease = ClaimOn(std::move(slot));
+    if (!lease.ok()) return lease.status();
+    return std::unique_ptr<PinnedBackend>(
+        new SqlitePinned(*std::move(lease), on_reader));
+  }
+
   int Reset() override {
     int count = writer_->Reset();
     if (readers_ != nullptr) count += readers_->Reset();
@@ -613,29 +871,19 @@ class SqliteDatabase : public Database {
   }
 
  private:
-  // Prepares `sql` on a backend of `pool`; a backend that fails with an
-  // UNAVAILABLE-class error is closed on return.
-  static absl::StatusOr<StmtPtr> PrepareOn(Lease& lease,
-                                           const std::string& sql) {
-    absl::StatusOr<StmtPtr> stmt = PrepareOne(lease->handle(), sql);
-    if (!stmt.ok() && stmt.status().code() == absl::StatusCode::kUnavailable) {
-      lease.MarkBroken();
-    }
-    return stmt;
+  bool OnReader(const Reservation& slot) const {
+    return readers_ != nullptr && slot.source() == readers_.get();
   }
 
   absl::StatusOr<Lease> ClaimOn(Reservation slot) {
-    if (readers_ != nullptr && slot.source() == readers_.get()) {
-      return readers_->Claim(std::move(slot));
-    }
+    if (OnReader(slot)) return readers_->Claim(std::move(slot));
     return writer_->Claim(std::move(slot));
   }
 
   absl::StatusOr<std::unique_ptr<ResultCursor>> QueryImpl(
       const std::string& sql, const v1::Params& params, Reservation slot,
       CancelSignal* cancel) {
-    const bool on_reader =
-        readers_ != nullptr && slot.source() == readers_.get();
+    const bool on_reader = OnReader(slot);
     absl::StatusOr<Lease> lease = ClaimOn(std::move(slot));
     if (!lease.ok()) return lease.status();
     absl::StatusOr<StmtPtr> stmt = PrepareOn(*lease, sql);
@@ -652,95 +900,26 @@ class SqliteDatabase : public Database {
       stmt = PrepareOn(*lease, sql);
       if (!stmt.ok()) return stmt.status();
     }
-    absl::Status bound = BindParams((*lease)->handle(), stmt->get(), params);
-    if (!bound.ok()) return bound;
-    return std::unique_ptr<ResultCursor>(
-        new SqliteCursor(std::move(*lease), std::move(*stmt), cancel));
+    return StartCursor(*lease, /*pinned=*/false, *std::move(stmt), params,
+                       cancel);
   }
 
-  // Runs every statement of `sql` in order. With parameters the SQL must
-  // hold one statement (which statement would they bind to otherwise?);
-  // without, it is a script, as Python's executescript runs one: each
-  // statement in autocommit unless the script says BEGIN, and a failure
-  // leaves the statements before it done. A script that leaves a
-  // transaction open is rolled back and refused: its writes would otherwise
-  // be acknowledged now and rolled back when the backend is recycled.
+  // ExecuteOn on the writer. A script that leaves a transaction open is
+  // rolled back and refused: its writes would otherwise be acknowledged now
+  // and rolled back when the backend is recycled.
   absl::StatusOr<ExecuteResult> ExecuteImpl(const std::string& sql,
                                             const v1::Params& params,
                                             Reservation slot,
                                             CancelSignal* cancel) {
-    if (sql.size() > static_cast<size_t>(INT_MAX)) {
-      return absl::InvalidArgumentError("SQL text too long");
-    }
-    const bool has_params =
-        params.positional_size() > 0 || !params.named().empty();
     absl::StatusOr<Lease> lease = writer_->Claim(std::move(slot));
     if (!lease.ok()) return lease.status();
-    sqlite3* db = (*lease)->handle();
-    sqlite3_progress_handler(db, 1000, &ProgressCancelled,
-                             const_cast<std::atomic<bool>*>(FlagOf(cancel)));
-    ScopedInterrupt armed(cancel, [db] { sqlite3_interrupt(db); });
-    if (!armed.ok()) return absl::CancelledError("statement cancelled");
     absl::StatusOr<ExecuteResult> result =
-        RunScript(*lease, sql, params, has_params, cancel);
-    if (result.ok() && !sqlite3_get_autocommit(db)) {
+        ExecuteOn(*lease, sql, params, cancel);
+    if (result.ok() && !sqlite3_get_autocommit((*lease)->handle())) {
       // RecycleBackend rolls it back as the lease goes.
       return TransactionLeftOpenError();
     }
     return result;
-  }
-
-  static absl::StatusOr<ExecuteResult> RunScript(Lease& lease,
-                                                 const std::string& sql,
-                                                 const v1::Params& params,
-                                                 bool has_params,
-                                                 CancelSignal* cancel) {
-    sqlite3* db = lease->handle();
-    ExecuteResult result;
-    const char* next = sql.data();
-    const char* end = sql.data() + sql.size();
-    int index = 0;
-    while (next < end) {
-      const char* tail = end;
-      absl::StatusOr<StmtPtr> stmt = PrepareFirst(db, next, end, &tail);
-      if (!stmt.ok()) return Failed(lease, stmt.status(), index + 1, cancel);
-      next = tail;
-      if (*stmt == nullptr) continue;  // blanks or a comment
-      ++index;
-      if (has_params && index == 1 &&
-          HasMoreStatements(absl::string_view(tail, end - tail))) {
-        return absl::InvalidArgumentError(
-            "Execute with parameters runs one statement; the SQL holds more "
-            "after the first (run a script without parameters)");
-      }
-      absl::Status bound = BindParams(db, stmt->get(), params);
-      if (!bound.ok()) return Failed(lease, bound, index, cancel);
-      const int64_t total_before = sqlite3_total_changes64(db);
-      int rc;
-      do {
-        rc = sqlite3_step(stmt->get());  // rows of a SELECT are dropped
-      } while (rc == SQLITE_ROW);
-      if (rc != SQLITE_DONE) {
-        return Failed(lease, SqliteError(db, rc), index, cancel);
-      }
-      // sqlite3_changes64 keeps the count of the last INSERT/UPDATE/DELETE
-      // across other statements (CREATE TABLE); only trust it when this
-      // statement changed something.
-      if (sqlite3_total_changes64(db) != total_before) {
-        result.rows_affected += sqlite3_changes64(db);
-        result.last_insert_id = sqlite3_last_insert_rowid(db);
-      }
-    }
-    return result;
-  }
-
-  static absl::Status Failed(Lease& lease, const absl::Status& status,
-                             int index, CancelSignal* cancel) {
-    if (Cancelled(cancel)) return absl::CancelledError("statement cancelled");
-    if (status.code() == absl::StatusCode::kUnavailable) lease.MarkBroken();
-    if (index <= 1) return status;
-    return absl::Status(status.code(), absl::StrCat("statement ", index, ": ",
-                                                    status.message()));
   }
 
   const std::shared_ptr<Pool> writer_;

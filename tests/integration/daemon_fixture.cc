@@ -138,6 +138,8 @@ ProcessResult ChildProcess::WaitAtMost(int timeout_ms) {
 
 std::string ChildProcess::StderrSoFar() const { return ReadFile(err_path_); }
 
+std::string ChildProcess::StdoutSoFar() const { return ReadFile(out_path_); }
+
 ProcessResult RunCli(const std::string& target, const TempDir& dir,
                      const std::vector<std::string>& args) {
   std::vector<std::string> argv = {CONNBROKER_CLI_PATH};

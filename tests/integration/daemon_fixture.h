@@ -47,6 +47,7 @@ class ChildProcess {
   // then, kills it and returns exit_code -1 (a test failure to report).
   ProcessResult WaitAtMost(int timeout_ms);
   std::string StderrSoFar() const;
+  std::string StdoutSoFar() const;
 
  private:
   pid_t pid_ = -1;

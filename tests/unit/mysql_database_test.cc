@@ -859,5 +859,245 @@ TEST(MysqlRewriteTest, NamedMarkersBecomeQuestionMarks) {
   EXPECT_EQ(r.sql, "SELECT '5%%', ?");
 }
 
+// ---------------------------------------------------------------------------
+// Pinned backends (a session's transactions)
+
+TEST_F(MysqlDatabaseTest, PinnedTransactionIsSeenOnlyOnceCommitted) {
+  std::unique_ptr<Database> db = Open();
+  ASSERT_NE(db, nullptr);
+  const std::string t = NewTable();
+  Exec(*db, "CREATE TABLE " + t + " (id INT PRIMARY KEY AUTO_INCREMENT)");
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  EXPECT_FALSE(pinned->InTransaction());
+  ASSERT_TRUE(pinned->Begin({}, nullptr).ok());
+  EXPECT_TRUE(pinned->InTransaction());
+  absl::Status again = pinned->Begin({}, nullptr);
+  EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition) << again;
+
+  v1::Params params;
+  *params.add_positional() = Int(41);
+  absl::StatusOr<ExecuteResult> inserted =
+      pinned->Execute("INSERT INTO " + t + " VALUES (?)", params, nullptr);
+  ASSERT_TRUE(inserted.ok()) << inserted.status();
+  EXPECT_EQ(inserted->rows_affected, 1);
+  inserted = pinned->Execute("INSERT INTO " + t + " VALUES ()", {}, nullptr);
+  ASSERT_TRUE(inserted.ok()) << inserted.status();
+  EXPECT_EQ(inserted->last_insert_id, 42);
+  EXPECT_EQ(Scalar(*db, "SELECT COUNT(*) FROM " + t), 0);  // another backend
+  EXPECT_EQ(db->Stats().in_use(), 1);
+  ASSERT_TRUE(pinned->Execute("COMMIT", {}, nullptr).ok());
+  EXPECT_FALSE(pinned->InTransaction());
+  EXPECT_EQ(Scalar(*db, "SELECT COUNT(*) FROM " + t), 2);
+
+  // Plain SQL opens and ends transactions too; InTransaction follows.
+  ASSERT_TRUE(pinned->Execute("BEGIN", {}, nullptr).ok());
+  EXPECT_TRUE(pinned->InTransaction());
+  ASSERT_TRUE(pinned->Execute("DELETE FROM " + t, {}, nullptr).ok());
+  ASSERT_TRUE(pinned->Execute("ROLLBACK", {}, nullptr).ok());
+  EXPECT_FALSE(pinned->InTransaction());
+  EXPECT_EQ(Scalar(*db, "SELECT COUNT(*) FROM " + t), 2);
+  pinned.reset();
+  EXPECT_EQ(db->Stats().in_use(), 0);
+}
+
+TEST_F(MysqlDatabaseTest, DroppingAPinnedTransactionRollsItBack) {
+  config::ConnectionSpec spec = Spec();
+  spec.pool.pool_size = 1;
+  spec.pool.max_overflow = 0;
+  std::unique_ptr<Database> db = Open(spec);
+  ASSERT_NE(db, nullptr);
+  const std::string t = NewTable();
+  Exec(*db, "CREATE TABLE " + t + " (id INT PRIMARY KEY)");
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  absl::StatusOr<int64_t> id = PinnedInt(*pinned, "SELECT CONNECTION_ID()");
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_TRUE(pinned->Begin({}, nullptr).ok());
+  ASSERT_TRUE(
+      pinned->Execute("INSERT INTO " + t + " VALUES (1)", {}, nullptr).ok());
+  pinned.reset();
+  EXPECT_EQ(db->Stats().in_use(), 0);
+  // The same backend runs the next call, outside any transaction: it would
+  // see the row had the transaction not been rolled back.
+  EXPECT_EQ(Scalar(*db, "SELECT CONNECTION_ID()"), *id);
+  EXPECT_EQ(Scalar(*db, "SELECT CAST(@@in_transaction AS SIGNED)"), 0);
+  EXPECT_EQ(Scalar(*db, "SELECT COUNT(*) FROM " + t), 0);
+  EXPECT_EQ(db->Stats().opened_total(), 1);
+}
+
+TEST_F(MysqlDatabaseTest, PinnedCursorSeesItsTransactionAndKeepsThePin) {
+  std::unique_ptr<Database> db = Open();
+  ASSERT_NE(db, nullptr);
+  const std::string t = NewTable();
+  Exec(*db, "CREATE TABLE " + t + " (id INT PRIMARY KEY)");
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  ASSERT_TRUE(pinned->Begin({}, nullptr).ok());
+  ASSERT_TRUE(
+      pinned->Execute("INSERT INTO " + t + " VALUES (1), (2)", {}, nullptr)
+          .ok());
+  for (int run = 0; run < 2; ++run) {  // the second from the statement cache
+    absl::StatusOr<int64_t> seen =
+        PinnedInt(*pinned, "SELECT COUNT(*) FROM " + t);
+    ASSERT_TRUE(seen.ok()) << seen.status();
+    EXPECT_EQ(*seen, 2);
+  }
+  EXPECT_TRUE(pinned->InTransaction());
+  EXPECT_EQ(db->Stats().in_use(), 1);
+  // A cursor dropped mid-result is stopped (KILL QUERY) and flushed; the
+  // transaction goes on.
+  AbandonAfterOneRow(*pinned, NumbersSql(100000));
+  EXPECT_FALSE(pinned->broken());
+  EXPECT_TRUE(pinned->InTransaction());
+  absl::StatusOr<int64_t> still =
+      PinnedInt(*pinned, "SELECT COUNT(*) FROM " + t);
+  ASSERT_TRUE(still.ok()) << still.status();
+  EXPECT_EQ(*still, 2);
+  ASSERT_TRUE(pinned->Execute("COMMIT", {}, nullptr).ok());
+  EXPECT_EQ(Scalar(*db, "SELECT COUNT(*) FROM " + t), 2);
+}
+
+TEST_F(MysqlDatabaseTest, PinnedTransactionOptionsAreApplied) {
+  std::unique_ptr<Database> db = Open();
+  ASSERT_NE(db, nullptr);
+  const std::string t = NewTable();
+  Exec(*db, "CREATE TABLE " + t + " (id INT PRIMARY KEY) ENGINE=InnoDB");
+  std::unique_ptr<PinnedBackend> writer = MustPin(*db, Access::kWrite);
+  ASSERT_NE(writer, nullptr);
+  std::unique_ptr<PinnedBackend> reader = MustPin(*db, Access::kRead);
+  ASSERT_NE(reader, nullptr);
+
+  TransactionOptions deferrable;
+  deferrable.deferrable = true;
+  EXPECT_EQ(reader->Begin(deferrable, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(reader->InTransaction());
+
+  // An uncommitted row of another transaction: READ UNCOMMITTED sees it,
+  // the default REPEATABLE READ does not.
+  ASSERT_TRUE(writer->Begin({}, nullptr).ok());
+  ASSERT_TRUE(
+      writer->Execute("INSERT INTO " + t + " VALUES (1)", {}, nullptr).ok());
+  TransactionOptions dirty;
+  dirty.isolation = TransactionOptions::Isolation::kReadUncommitted;
+  ASSERT_TRUE(reader->Begin(dirty, nullptr).ok());
+  absl::StatusOr<int64_t> seen =
+      PinnedInt(*reader, "SELECT COUNT(*) FROM " + t);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ(*seen, 1);
+  ASSERT_TRUE(reader->Execute("COMMIT", {}, nullptr).ok());
+  ASSERT_TRUE(reader->Begin({}, nullptr).ok());  // the next is the default
+  seen = PinnedInt(*reader, "SELECT COUNT(*) FROM " + t);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ(*seen, 0);
+  ASSERT_TRUE(reader->Execute("COMMIT", {}, nullptr).ok());
+  ASSERT_TRUE(writer->Execute("ROLLBACK", {}, nullptr).ok());
+
+  // READ ONLY: the server refuses a write with its own error.
+  TransactionOptions read_only;
+  read_only.read_only = true;
+  read_only.isolation = TransactionOptions::Isolation::kSerializable;
+  ASSERT_TRUE(reader->Begin(read_only, nullptr).ok());
+  EXPECT_TRUE(reader->InTransaction());
+  absl::StatusOr<ExecuteResult> write =
+      reader->Execute("INSERT INTO " + t + " VALUES (2)", {}, nullptr);
+  EXPECT_EQ(write.status().code(), absl::StatusCode::kInvalidArgument)
+      << write.status();
+  EXPECT_EQ(SqlStateOf(write.status()), "25006");
+  EXPECT_FALSE(reader->broken());
+  ASSERT_TRUE(reader->Execute("ROLLBACK", {}, nullptr).ok());
+  EXPECT_FALSE(reader->InTransaction());
+}
+
+TEST_F(MysqlDatabaseTest, ADeadlockEndsThePinnedTransaction) {
+  std::unique_ptr<Database> db = Open();
+  ASSERT_NE(db, nullptr);
+  const std::string t = NewTable();
+  Exec(*db, "CREATE TABLE " + t + " (id INT PRIMARY KEY, v INT) ENGINE=InnoDB");
+  Exec(*db, "INSERT INTO " + t + " VALUES (1, 0), (2, 0)");
+  std::unique_ptr<PinnedBackend> first = MustPin(*db, Access::kWrite);
+  std::unique_ptr<PinnedBackend> second = MustPin(*db, Access::kWrite);
+  ASSERT_NE(first, nullptr);
+  ASSERT_NE(second, nullptr);
+  ASSERT_TRUE(first->Begin({}, nullptr).ok());
+  ASSERT_TRUE(second->Begin({}, nullptr).ok());
+  const std::string update = "UPDATE " + t + " SET v = v + 1 WHERE id = ";
+  ASSERT_TRUE(first->Execute(update + "1", {}, nullptr).ok());
+  ASSERT_TRUE(second->Execute(update + "2", {}, nullptr).ok());
+  // Each now waits for the other's row: InnoDB picks one to roll back,
+  // whichever order the two requests reach it in.
+  absl::StatusOr<ExecuteResult> crossed_first;
+  std::thread other(
+      [&] { crossed_first = first->Execute(update + "2", {}, nullptr); });
+  absl::StatusOr<ExecuteResult> crossed_second =
+      second->Execute(update + "1", {}, nullptr);
+  other.join();
+  ASSERT_NE(crossed_first.ok(), crossed_second.ok())
+      << crossed_first.status() << " / " << crossed_second.status();
+  PinnedBackend& victim = crossed_first.ok() ? *second : *first;
+  PinnedBackend& survivor = crossed_first.ok() ? *first : *second;
+  const absl::Status lost =
+      crossed_first.ok() ? crossed_second.status() : crossed_first.status();
+  EXPECT_EQ(lost.code(), absl::StatusCode::kAborted) << lost;
+  // The deadlock rolled back the victim's whole transaction, though its
+  // error packet said nothing of the transaction's state.
+  EXPECT_FALSE(victim.InTransaction());
+  EXPECT_FALSE(victim.broken());
+  EXPECT_TRUE(survivor.InTransaction());
+  ASSERT_TRUE(survivor.Execute("COMMIT", {}, nullptr).ok());
+  EXPECT_EQ(Scalar(*db, "SELECT CAST(SUM(v) AS SIGNED) FROM " + t), 2);
+}
+
+TEST_F(MysqlDatabaseTest, KilledPinnedBackendIsUnavailableAndBroken) {
+  std::unique_ptr<Database> db = Open();
+  ASSERT_NE(db, nullptr);
+  const std::string t = NewTable();
+  Exec(*db, "CREATE TABLE " + t + " (id INT PRIMARY KEY) ENGINE=InnoDB");
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  ASSERT_TRUE(pinned->Begin({}, nullptr).ok());
+  ASSERT_TRUE(
+      pinned->Execute("INSERT INTO " + t + " VALUES (1)", {}, nullptr).ok());
+  absl::StatusOr<int64_t> id = PinnedInt(*pinned, "SELECT CONNECTION_ID()");
+  ASSERT_TRUE(id.ok()) << id.status();
+  Exec(*db, absl::StrCat("KILL ", *id));
+  absl::StatusOr<ExecuteResult> lost =
+      pinned->Execute("INSERT INTO " + t + " VALUES (2)", {}, nullptr);
+  EXPECT_EQ(lost.status().code(), absl::StatusCode::kUnavailable)
+      << lost.status();
+  EXPECT_TRUE(pinned->broken());
+  EXPECT_FALSE(pinned->InTransaction());
+  const int open = db->Stats().open();
+  pinned.reset();
+  EXPECT_EQ(db->Stats().open(), open - 1);  // closed, not pooled
+  EXPECT_EQ(db->Stats().in_use(), 0);
+  EXPECT_EQ(Scalar(*db, "SELECT COUNT(*) FROM " + t), 0);
+}
+
+TEST_F(MysqlDatabaseTest, CancelInterruptsAPinnedStatement) {
+  std::unique_ptr<Database> db = Open();
+  ASSERT_NE(db, nullptr);
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  ASSERT_TRUE(pinned->Begin({}, nullptr).ok());
+  CancelSignal cancel;
+  std::thread canceller([&] {
+    absl::SleepFor(absl::Milliseconds(300));
+    cancel.Cancel();
+  });
+  const absl::Time start = absl::Now();
+  absl::StatusOr<ExecuteResult> slept =
+      pinned->Execute("DO SLEEP(10)", {}, &cancel);
+  canceller.join();
+  EXPECT_EQ(slept.status().code(), absl::StatusCode::kCancelled)
+      << slept.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(8));
+  EXPECT_FALSE(pinned->broken());
+  absl::StatusOr<int64_t> one = PinnedInt(*pinned, "SELECT 1");
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(*one, 1);
+}
+
 }  // namespace
 }  // namespace connbroker::server

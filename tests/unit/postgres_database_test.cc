@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -28,6 +29,7 @@
 #include "connbroker/config/sql_url.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/drivers/cancel_signal.h"
 #include "server/drivers/database.h"
 #include "tests/testing/db_servers.h"
 #include "tests/unit/database_test_util.h"
@@ -1172,6 +1174,193 @@ TEST_F(PostgresDatabaseTest, CancelStopsAWaitingPrepare) {
   EXPECT_EQ(count->int64_value(), 10);
   EXPECT_THAT(Prepared(*db), ElementsAre(sql));
   EXPECT_EQ(db->Stats().opened_total(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Pinned backends (a session's transactions)
+
+// The text a one-row, one-column query answers on a pinned backend.
+std::string PinnedText(PinnedBackend& pinned, const std::string& sql) {
+  absl::StatusOr<QueryOutput> output = RunQuery(pinned, sql);
+  EXPECT_TRUE(output.ok()) << sql << ": " << output.status();
+  if (!output.ok() || output->rows != 1) return "";
+  return Cell(output->batches[0], 0, 0).text_value();
+}
+
+TEST_F(PostgresDatabaseTest, PinnedTransactionIsSeenOnlyOnceCommitted) {
+  Exec(*db_, "CREATE TABLE tx(id int)");
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db_, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  EXPECT_FALSE(pinned->InTransaction());
+  ASSERT_TRUE(pinned->Begin({}, nullptr).ok());
+  EXPECT_TRUE(pinned->InTransaction());
+  absl::Status again = pinned->Begin({}, nullptr);
+  EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition) << again;
+
+  v1::Params params;
+  *params.add_positional() = Int(1);
+  absl::StatusOr<ExecuteResult> inserted =
+      pinned->Execute("INSERT INTO tx VALUES ($1), (2)", params, nullptr);
+  ASSERT_TRUE(inserted.ok()) << inserted.status();
+  EXPECT_EQ(inserted->rows_affected, 2);
+  EXPECT_EQ(Count(*db_, "SELECT count(*) FROM tx"), 0);  // another backend
+  EXPECT_EQ(db_->Stats().in_use(), 1);
+  ASSERT_TRUE(pinned->Execute("COMMIT", {}, nullptr).ok());
+  EXPECT_FALSE(pinned->InTransaction());
+  EXPECT_EQ(Count(*db_, "SELECT count(*) FROM tx"), 2);
+
+  // Plain SQL opens and ends transactions too; InTransaction follows.
+  ASSERT_TRUE(pinned->Execute("BEGIN", {}, nullptr).ok());
+  EXPECT_TRUE(pinned->InTransaction());
+  ASSERT_TRUE(pinned->Execute("DELETE FROM tx", {}, nullptr).ok());
+  ASSERT_TRUE(pinned->Execute("ROLLBACK", {}, nullptr).ok());
+  EXPECT_FALSE(pinned->InTransaction());
+  EXPECT_EQ(Count(*db_, "SELECT count(*) FROM tx"), 2);
+  pinned.reset();
+  EXPECT_EQ(db_->Stats().in_use(), 0);
+}
+
+TEST_F(PostgresDatabaseTest, DroppingAPinnedTransactionRollsItBack) {
+  Exec(*db_, "CREATE TABLE tx(id int)");
+  config::ConnectionSpec spec = Spec();
+  spec.pool.pool_size = 1;
+  spec.pool.max_overflow = 0;
+  std::unique_ptr<Database> db = Open(spec);
+  ASSERT_NE(db, nullptr);
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  absl::StatusOr<int64_t> pid =
+      PinnedInt(*pinned, "SELECT pg_backend_pid()::int8");
+  ASSERT_TRUE(pid.ok()) << pid.status();
+  ASSERT_TRUE(pinned->Begin({}, nullptr).ok());
+  ASSERT_TRUE(pinned->Execute("INSERT INTO tx VALUES (1)", {}, nullptr).ok());
+  pinned.reset();
+  EXPECT_EQ(db->Stats().in_use(), 0);
+  // The same backend runs the next call, outside any transaction: it would
+  // see the row had the transaction not been rolled back.
+  EXPECT_EQ(Count(*db, "SELECT pg_backend_pid()::int8"), *pid);
+  EXPECT_EQ(Count(*db, "SELECT count(*) FROM tx"), 0);
+  EXPECT_EQ(db->Stats().opened_total(), 1);
+}
+
+TEST_F(PostgresDatabaseTest, PinnedCursorSeesItsTransactionAndKeepsThePin) {
+  Exec(*db_, "CREATE TABLE tx(id int)");
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db_, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  ASSERT_TRUE(pinned->Begin({}, nullptr).ok());
+  ASSERT_TRUE(
+      pinned->Execute("INSERT INTO tx VALUES (1), (2)", {}, nullptr).ok());
+  // Three runs: the second and third go out prepared, inside the
+  // transaction.
+  for (int run = 0; run < 3; ++run) {
+    absl::StatusOr<int64_t> seen =
+        PinnedInt(*pinned, "SELECT count(*) FROM tx");
+    ASSERT_TRUE(seen.ok()) << seen.status();
+    EXPECT_EQ(*seen, 2);
+  }
+  EXPECT_TRUE(pinned->InTransaction());
+  EXPECT_EQ(db_->Stats().in_use(), 1);
+  // A cursor abandoned mid-result is drained; the transaction goes on.
+  AbandonAfterOneRow(*pinned, "SELECT generate_series(1, 100000)");
+  EXPECT_TRUE(pinned->InTransaction());
+  EXPECT_FALSE(pinned->broken());
+
+  // A failed statement leaves the transaction open but aborted.
+  absl::StatusOr<ExecuteResult> bad =
+      pinned->Execute("INSERT INTO tx VALUES ('x')", {}, nullptr);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(pinned->InTransaction());
+  absl::StatusOr<QueryOutput> aborted = RunQuery(*pinned, "SELECT 1");
+  EXPECT_EQ(SqlStateOf(aborted.status()), "25P02") << aborted.status();
+  ASSERT_TRUE(pinned->Execute("ROLLBACK", {}, nullptr).ok());
+  EXPECT_FALSE(pinned->InTransaction());
+  EXPECT_EQ(Count(*db_, "SELECT count(*) FROM tx"), 0);
+}
+
+TEST_F(PostgresDatabaseTest, PinnedTransactionOptionsAreApplied) {
+  Exec(*db_, "CREATE TABLE tx(id int)");
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db_, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  TransactionOptions options;
+  options.isolation = TransactionOptions::Isolation::kSerializable;
+  options.read_only = true;
+  options.deferrable = true;
+  ASSERT_TRUE(pinned->Begin(options, nullptr).ok());
+  EXPECT_EQ(PinnedText(*pinned, "SHOW transaction_isolation"), "serializable");
+  EXPECT_EQ(PinnedText(*pinned, "SHOW transaction_read_only"), "on");
+  EXPECT_EQ(PinnedText(*pinned, "SHOW transaction_deferrable"), "on");
+  absl::StatusOr<ExecuteResult> write =
+      pinned->Execute("INSERT INTO tx VALUES (1)", {}, nullptr);
+  EXPECT_EQ(write.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SqlStateOf(write.status()), "25006");
+  ASSERT_TRUE(pinned->Execute("ROLLBACK", {}, nullptr).ok());
+
+  for (const auto& [level, name] :
+       std::vector<std::pair<TransactionOptions::Isolation, std::string>>{
+           {TransactionOptions::Isolation::kReadUncommitted,
+            "read uncommitted"},
+           {TransactionOptions::Isolation::kReadCommitted, "read committed"},
+           {TransactionOptions::Isolation::kRepeatableRead,
+            "repeatable read"}}) {
+    TransactionOptions isolation;
+    isolation.isolation = level;
+    ASSERT_TRUE(pinned->Begin(isolation, nullptr).ok());
+    EXPECT_EQ(PinnedText(*pinned, "SHOW transaction_isolation"), name);
+    EXPECT_EQ(PinnedText(*pinned, "SHOW transaction_read_only"), "off");
+    ASSERT_TRUE(pinned->Execute("COMMIT", {}, nullptr).ok());
+  }
+}
+
+TEST_F(PostgresDatabaseTest, TerminatedPinnedBackendIsUnavailableAndBroken) {
+  Exec(*db_, "CREATE TABLE tx(id int)");
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db_, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  ASSERT_TRUE(pinned->Begin({}, nullptr).ok());
+  ASSERT_TRUE(pinned->Execute("INSERT INTO tx VALUES (1)", {}, nullptr).ok());
+  absl::StatusOr<int64_t> pid =
+      PinnedInt(*pinned, "SELECT pg_backend_pid()::int8");
+  ASSERT_TRUE(pid.ok()) << pid.status();
+  ASSERT_EQ(Count(*db_, absl::StrCat("SELECT count(*) FROM (SELECT "
+                                     "pg_terminate_backend(",
+                                     *pid, ", 5000)) t")),
+            1);
+  absl::StatusOr<ExecuteResult> lost =
+      pinned->Execute("INSERT INTO tx VALUES (2)", {}, nullptr);
+  EXPECT_EQ(lost.status().code(), absl::StatusCode::kUnavailable)
+      << lost.status();
+  EXPECT_TRUE(pinned->broken());
+  EXPECT_FALSE(pinned->InTransaction());
+  const int open = db_->Stats().open();
+  pinned.reset();
+  EXPECT_EQ(db_->Stats().open(), open - 1);  // closed, not pooled
+  EXPECT_EQ(db_->Stats().in_use(), 0);
+  EXPECT_EQ(Count(*db_, "SELECT count(*) FROM tx"), 0);
+}
+
+TEST_F(PostgresDatabaseTest, CancelInterruptsAPinnedStatement) {
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db_, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  ASSERT_TRUE(pinned->Begin({}, nullptr).ok());
+  CancelSignal cancel;
+  std::thread canceller([&] {
+    absl::SleepFor(absl::Milliseconds(200));
+    cancel.Cancel();
+  });
+  const absl::Time start = absl::Now();
+  absl::StatusOr<ExecuteResult> slept =
+      pinned->Execute("SELECT pg_sleep(10)", {}, &cancel);
+  canceller.join();
+  EXPECT_EQ(slept.status().code(), absl::StatusCode::kCancelled)
+      << slept.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(8));
+  EXPECT_FALSE(pinned->broken());
+  // PostgreSQL aborts the transaction with the statement; it stays open
+  // until ROLLBACK.
+  EXPECT_TRUE(pinned->InTransaction());
+  ASSERT_TRUE(pinned->Execute("ROLLBACK", {}, nullptr).ok());
+  absl::StatusOr<int64_t> one = PinnedInt(*pinned, "SELECT 1::int8");
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(*one, 1);
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include "connbroker/config/spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/drivers/cancel_signal.h"
 #include "server/drivers/database.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/unit/database_test_util.h"
@@ -874,6 +875,248 @@ TEST_F(SqliteDatabaseTest, CursorMayOutliveTheDatabase) {
     if (!*more) break;
   }
   EXPECT_EQ(rows, 2500);
+}
+
+// ---------------------------------------------------------------------------
+// Pinned backends (a session's transactions)
+
+TEST_F(SqliteDatabaseTest, PinnedTransactionIsSeenOnlyOnceCommitted) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE t(id INTEGER PRIMARY KEY)");
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  EXPECT_FALSE(pinned->InTransaction());
+  ASSERT_TRUE(pinned->Begin({}, nullptr).ok());
+  EXPECT_TRUE(pinned->InTransaction());
+  absl::Status again = pinned->Begin({}, nullptr);
+  EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition) << again;
+  EXPECT_THAT(again.message(), HasSubstr("already open"));
+
+  absl::StatusOr<ExecuteResult> inserted =
+      pinned->Execute("INSERT INTO t VALUES (7)", {}, nullptr);
+  ASSERT_TRUE(inserted.ok()) << inserted.status();
+  EXPECT_EQ(inserted->rows_affected, 1);
+  EXPECT_EQ(inserted->last_insert_id, 7);
+  EXPECT_EQ(CountRows(*db, "t"), 0);  // a reader, outside the transaction
+  EXPECT_EQ(db->Stats().in_use(), 1);
+
+  ASSERT_TRUE(pinned->Execute("COMMIT", {}, nullptr).ok());
+  EXPECT_FALSE(pinned->InTransaction());
+  EXPECT_EQ(CountRows(*db, "t"), 1);
+  pinned.reset();
+  EXPECT_EQ(db->Stats().in_use(), 0);
+}
+
+TEST_F(SqliteDatabaseTest, PinnedRollbackAndDestructionDiscardWrites) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE t(id INTEGER PRIMARY KEY)");
+  const int64_t opened = db->Stats().opened_total();
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  ASSERT_TRUE(pinned->Begin({}, nullptr).ok());
+  ASSERT_TRUE(pinned->Execute("INSERT INTO t VALUES (1)", {}, nullptr).ok());
+  ASSERT_TRUE(pinned->Execute("ROLLBACK", {}, nullptr).ok());
+  EXPECT_FALSE(pinned->InTransaction());
+  EXPECT_EQ(CountRows(*db, "t"), 0);
+
+  // Plain SQL opens and ends transactions too; InTransaction follows.
+  ASSERT_TRUE(pinned->Execute("BEGIN", {}, nullptr).ok());
+  EXPECT_TRUE(pinned->InTransaction());
+  ASSERT_TRUE(pinned->Execute("INSERT INTO t VALUES (2)", {}, nullptr).ok());
+  EXPECT_FALSE(pinned->broken());
+  pinned.reset();  // with the transaction open
+  EXPECT_EQ(db->Stats().in_use(), 0);
+  EXPECT_EQ(CountRows(*db, "t"), 0);
+  // The writer came back rolled back and was kept: a one-shot write works
+  // on it without reopening.
+  Exec(*db, "INSERT INTO t VALUES (3)");
+  EXPECT_EQ(CountRows(*db, "t"), 1);
+  EXPECT_EQ(db->Stats().opened_total(), opened + 1);  // + one reader
+}
+
+TEST_F(SqliteDatabaseTest, PinnedCursorSeesItsTransactionAndKeepsThePin) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE t(id INTEGER PRIMARY KEY)");
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  ASSERT_TRUE(pinned->Begin({}, nullptr).ok());
+  ASSERT_TRUE(
+      pinned->Execute("INSERT INTO t VALUES (1), (2)", {}, nullptr).ok());
+  absl::StatusOr<int64_t> seen = PinnedInt(*pinned, "SELECT count(*) FROM t");
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ(*seen, 2);
+  // The cursor ended; the backend and its transaction stay with the pin.
+  EXPECT_TRUE(pinned->InTransaction());
+  EXPECT_EQ(db->Stats().in_use(), 1);
+  // A cursor dropped before its end leaves the transaction alone too.
+  AbandonAfterOneRow(*pinned, "SELECT id FROM t ORDER BY id");
+  EXPECT_TRUE(pinned->InTransaction());
+  ASSERT_TRUE(pinned->Execute("INSERT INTO t VALUES (3)", {}, nullptr).ok());
+  ASSERT_TRUE(pinned->Execute("COMMIT", {}, nullptr).ok());
+  EXPECT_EQ(CountRows(*db, "t"), 3);
+}
+
+TEST_F(SqliteDatabaseTest, PinnedOptionsSqliteHasAndHasNot) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  TransactionOptions deferrable;
+  deferrable.deferrable = true;
+  EXPECT_EQ(pinned->Begin(deferrable, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(pinned->InTransaction());
+  // Every level is served by SQLite's serializable transactions.
+  for (TransactionOptions::Isolation level :
+       {TransactionOptions::Isolation::kReadUncommitted,
+        TransactionOptions::Isolation::kReadCommitted,
+        TransactionOptions::Isolation::kRepeatableRead,
+        TransactionOptions::Isolation::kSerializable}) {
+    TransactionOptions options;
+    options.isolation = level;
+    ASSERT_TRUE(pinned->Begin(options, nullptr).ok());
+    ASSERT_TRUE(pinned->Execute("ROLLBACK", {}, nullptr).ok());
+  }
+  pinned.reset();
+
+  // A reader is pinned for read-only transactions only.
+  std::unique_ptr<PinnedBackend> reader = MustPin(*db, Access::kRead);
+  ASSERT_NE(reader, nullptr);
+  EXPECT_EQ(reader->Begin({}, nullptr).code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(SqliteDatabaseTest, ReadOnlyTransactionOnAReaderKeepsItsSnapshot) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE t(id INTEGER PRIMARY KEY)");
+  Exec(*db, "INSERT INTO t VALUES (1)");
+  std::unique_ptr<PinnedBackend> reader = MustPin(*db, Access::kRead);
+  ASSERT_NE(reader, nullptr);
+  TransactionOptions read_only;
+  read_only.read_only = true;
+  ASSERT_TRUE(reader->Begin(read_only, nullptr).ok());
+  absl::StatusOr<int64_t> before = PinnedInt(*reader, "SELECT count(*) FROM t");
+  ASSERT_TRUE(before.ok()) << before.status();
+  EXPECT_EQ(*before, 1);
+  // The writer is free: the reader does not hold it.
+  Exec(*db, "INSERT INTO t VALUES (2)");
+  EXPECT_EQ(CountRows(*db, "t"), 2);
+  absl::StatusOr<int64_t> during = PinnedInt(*reader, "SELECT count(*) FROM t");
+  ASSERT_TRUE(during.ok()) << during.status();
+  EXPECT_EQ(*during, 1);  // the snapshot of the transaction's first read
+
+  // A write on the reader fails with SQLite's own error; no move to the
+  // writer.
+  absl::StatusOr<ExecuteResult> write =
+      reader->Execute("INSERT INTO t VALUES (3)", {}, nullptr);
+  ASSERT_FALSE(write.ok());
+  EXPECT_THAT(write.status().message(), HasSubstr("readonly"));
+  absl::StatusOr<std::unique_ptr<ResultCursor>> returning =
+      reader->Query("INSERT INTO t VALUES (4) RETURNING id", {}, nullptr);
+  if (returning.ok()) {
+    v1::RowBatch batch;
+    EXPECT_FALSE((*returning)->Next(10, 1 << 20, &batch).ok());
+  }
+  returning = absl::CancelledError("dropped");
+  EXPECT_FALSE(reader->broken());
+
+  ASSERT_TRUE(reader->Execute("COMMIT", {}, nullptr).ok());
+  absl::StatusOr<int64_t> after = PinnedInt(*reader, "SELECT count(*) FROM t");
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(*after, 2);
+}
+
+TEST_F(SqliteDatabaseTest, ReadOnlyTransactionOnTheWriterRefusesWrites) {
+  std::unique_ptr<Database> db = Open(Spec(":memory:"));
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE t(id INTEGER PRIMARY KEY)");
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db, Access::kRead);
+  ASSERT_NE(pinned, nullptr);  // the writer: in memory there is no reader
+  TransactionOptions read_only;
+  read_only.read_only = true;
+  ASSERT_TRUE(pinned->Begin(read_only, nullptr).ok());
+  absl::StatusOr<ExecuteResult> write =
+      pinned->Execute("INSERT INTO t VALUES (1)", {}, nullptr);
+  ASSERT_FALSE(write.ok());
+  EXPECT_THAT(write.status().message(), HasSubstr("readonly"));
+  ASSERT_TRUE(pinned->Execute("COMMIT", {}, nullptr).ok());
+  // Outside the read-only transaction the pinned writer writes again.
+  ASSERT_TRUE(pinned->Execute("INSERT INTO t VALUES (2)", {}, nullptr).ok());
+
+  // Dropped inside a read-only transaction, the writer still comes back
+  // writable.
+  ASSERT_TRUE(pinned->Begin(read_only, nullptr).ok());
+  pinned.reset();
+  Exec(*db, "INSERT INTO t VALUES (3)");
+  EXPECT_EQ(CountRows(*db, "t"), 2);
+}
+
+TEST_F(SqliteDatabaseTest, WriteTransactionHoldsTheWriter) {
+  config::ConnectionSpec spec = Spec(PathOf("held.db"));
+  spec.pool.acquire_timeout = absl::Milliseconds(200);
+  spec.pool.busy_timeout = absl::Milliseconds(100);
+  std::unique_ptr<Database> db = Open(spec);
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE t(id INTEGER PRIMARY KEY)");
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  ASSERT_TRUE(pinned->Begin({}, nullptr).ok());
+
+  // This database's one writer is pinned: a one-shot write waits for it
+  // past the acquire timeout.
+  absl::StatusOr<ExecuteResult> queued =
+      ExecuteNow(*db, "INSERT INTO t VALUES (1)");
+  EXPECT_EQ(queued.status().code(), absl::StatusCode::kResourceExhausted)
+      << queued.status();
+  // Another connection to the file meets BEGIN IMMEDIATE's write lock past
+  // its busy timeout, before the transaction wrote anything.
+  std::unique_ptr<Database> other = Open(spec);
+  ASSERT_NE(other, nullptr);
+  absl::StatusOr<ExecuteResult> locked =
+      ExecuteNow(*other, "INSERT INTO t VALUES (2)");
+  EXPECT_EQ(locked.status().code(), absl::StatusCode::kAborted)
+      << locked.status();
+  // ... and a BEGIN IMMEDIATE there too.
+  std::unique_ptr<PinnedBackend> second = MustPin(*other, Access::kWrite);
+  ASSERT_NE(second, nullptr);
+  EXPECT_EQ(second->Begin({}, nullptr).code(), absl::StatusCode::kAborted);
+  EXPECT_FALSE(second->InTransaction());
+
+  ASSERT_TRUE(pinned->Execute("COMMIT", {}, nullptr).ok());
+  EXPECT_TRUE(second->Begin({}, nullptr).ok());
+}
+
+TEST_F(SqliteDatabaseTest, CancelInterruptsAPinnedStatement) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE t(id INTEGER PRIMARY KEY)");
+  std::unique_ptr<PinnedBackend> pinned = MustPin(*db, Access::kWrite);
+  ASSERT_NE(pinned, nullptr);
+  ASSERT_TRUE(pinned->Begin({}, nullptr).ok());
+  ASSERT_TRUE(pinned->Execute("INSERT INTO t VALUES (1)", {}, nullptr).ok());
+  CancelSignal cancel;
+  std::thread canceller([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    cancel.Cancel();
+  });
+  const absl::Time start = absl::Now();
+  absl::StatusOr<ExecuteResult> run = pinned->Execute(
+      "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+      "WHERE x < 1000000000) SELECT count(*) FROM c",
+      {}, &cancel);
+  canceller.join();
+  EXPECT_EQ(run.status().code(), absl::StatusCode::kCancelled) << run.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  // The interrupted statement alone is undone: the transaction goes on.
+  EXPECT_FALSE(pinned->broken());
+  EXPECT_TRUE(pinned->InTransaction());
+  absl::StatusOr<int64_t> rows = PinnedInt(*pinned, "SELECT count(*) FROM t");
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(*rows, 1);
 }
 
 TEST(OpenDatabaseTest, UnknownDialectsAndTypesAreRefused) {

@@ -3,6 +3,7 @@
 #define CONNBROKER_CONFIG_BROKER_SETTINGS_H_
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -81,6 +82,12 @@ struct DaemonLimits {
   int reserved_files = 256;
   // Calls running or queued on one connection (Query and Execute).
   int max_calls_per_connection = 512;
+  // Session streams open at once; past it a new one is refused
+  // (RESOURCE_EXHAUSTED) and the one-shot calls still work.
+  int max_sessions = 1024;
+  // Requests of one session read ahead of the one running; past it the
+  // daemon stops reading that stream until answers have gone out.
+  int max_pipelined_requests = 64;
   // Result memory: results collected for the result cache, cached, and
   // held by readers still streaming them after their eviction. A new result
   // first sheds cached ones nobody reads; past it, it streams uncached.
@@ -158,6 +165,17 @@ struct BrokerSettings {
   // names, or prefixes ending in '*' ("APP_DB_*"). Empty: env: names are
   // refused. The value is never echoed in a reply either way.
   std::vector<std::string> env_names;
+
+  // A session's transaction idle this long (no statement running) is rolled
+  // back and its backend freed ([transactions] idle_timeout), or as the
+  // connection's section says ([transactions.<section>] idle_timeout).
+  absl::Duration idle_in_transaction_timeout = absl::Seconds(60);
+  std::map<std::string, absl::Duration> idle_in_transaction_timeouts;
+  absl::Duration IdleInTransactionTimeout(const std::string& section) const {
+    auto it = idle_in_transaction_timeouts.find(section);
+    return it == idle_in_transaction_timeouts.end() ? idle_in_transaction_timeout
+                                                    : it->second;
+  }
 
   // Daemon-wide bounds ([limits]). One client's load must not exhaust what
   // every client shares; past a bound a new request is RESOURCE_EXHAUSTED
