@@ -223,7 +223,9 @@ Exchanged Exchange(SessionStream& stream, v1::SessionRequest& request,
   }
   const absl::Time give_up = deadline + kGrace;
   absl::Status refused;  // the query's own error (its callback's, say)
-  v1::SessionResponse& response = out.last;
+  // Read into the stream's own message: parsing reuses the sub-messages a
+  // previous answer allocated (schema, batch, summary).
+  v1::SessionResponse& response = stream.buffer();
   for (;;) {
     absl::Status read = stream.Receive(response, give_up);
     if (!read.ok()) {
@@ -271,6 +273,8 @@ Exchanged Exchange(SessionStream& stream, v1::SessionRequest& request,
     out.status = refused;
   } else if (response.has_error()) {
     out.status = FromSessionError(response.error());
+  } else if (query == nullptr) {
+    out.last.Swap(&response);
   }
   return out;
 }

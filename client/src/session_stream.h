@@ -109,6 +109,9 @@ class SessionStream {
   void KeepNotice(const v1::SessionError& notice) { notice_ = notice; }
   std::optional<v1::SessionError> TakeNotice();
 
+  // A message kept for reading answers into (see Exchange).
+  v1::SessionResponse& buffer() { return buffer_; }
+
  private:
   // Cancels, drains and finishes the call; remembers and returns its status.
   absl::Status Finish(bool cancel);
@@ -126,6 +129,7 @@ class SessionStream {
   bool transaction_open_ = false;
   std::string transaction_handle_;
   std::optional<v1::SessionError> notice_;
+  v1::SessionResponse buffer_;
 };
 
 // True when `response` is the last message of its request's answer: it
@@ -140,7 +144,8 @@ struct Exchanged {
   // The status is the stream's end (it broke, or the daemon refused the
   // call), not an answer to the request.
   bool stream_failed = false;
-  // The message that ended the answer (its fields 16 and up).
+  // The message that ended a successful answer other than a query's (its
+  // fields 16 and up: executed, reset, transaction, ...).
   v1::SessionResponse last;
 };
 
