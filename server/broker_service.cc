@@ -300,7 +300,8 @@ class BrokerService::QueryReactor final
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
 BrokerService::Session(grpc::CallbackServerContext* context) {
-  return new SessionReactor(broker_, workers_, context, CallerOf(*context));
+  return new SessionReactor(broker_, workers_, &sessions_, context,
+                            CallerOf(*context));
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* BrokerService::Query(

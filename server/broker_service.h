@@ -24,6 +24,7 @@
 #include "grpcpp/support/byte_buffer.h"
 #include "server/broker.h"
 #include "server/caller.h"
+#include "server/session_reactor.h"
 #include "server/worker_pool.h"
 
 namespace connbroker::server {
@@ -77,6 +78,10 @@ class BrokerService final : public RawConnectionBrokerService {
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Session(
       grpc::CallbackServerContext* context) override;
 
+  // Ends every session stream once its requests are answered (at once when
+  // idle): call as the daemon starts draining, before Server::Shutdown.
+  void EndSessions() { sessions_.DrainAll(); }
+
  private:
   class QueryReactor;
   class ExecuteReactor;
@@ -102,6 +107,7 @@ class BrokerService final : public RawConnectionBrokerService {
   Broker* const broker_;
   WorkerPool* const workers_;
   const Authenticator authenticate_;
+  SessionSet sessions_;
 };
 
 // The caller's session id: the "connbroker-session" metadata, or "".

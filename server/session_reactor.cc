@@ -50,11 +50,31 @@ bool IsWord(absl::string_view word, absl::string_view expected) {
 
 }  // namespace
 
+bool SessionSet::Add(SessionReactor* session) {
+  absl::MutexLock lock(&mu_);
+  sessions_.insert(session);
+  return !draining_;
+}
+
+void SessionSet::Remove(SessionReactor* session) {
+  absl::MutexLock lock(&mu_);
+  sessions_.erase(session);
+}
+
+void SessionSet::DrainAll() {
+  // Under mu_: a session removes itself (its destructor) only through it.
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+  for (SessionReactor* session : sessions_) session->Drain();
+}
+
 SessionReactor::SessionReactor(Broker* broker, WorkerPool* workers,
+                               SessionSet* sessions,
                                grpc::CallbackServerContext* context,
                                absl::StatusOr<Caller> caller)
     : broker_(broker),
       workers_(workers),
+      sessions_(sessions),
       context_(context),
       anchor_(std::make_shared<Anchor>()),
       max_pipelined_(broker->settings().limits.max_pipelined_requests) {
@@ -84,10 +104,12 @@ SessionReactor::SessionReactor(Broker* broker, WorkerPool* workers,
     return;
   }
   caller_ = *std::move(caller);
+  if (!sessions_->Add(this)) Drain();
   ReadMore();
 }
 
 SessionReactor::~SessionReactor() {
+  if (counted_) sessions_->Remove(this);
   {
     absl::MutexLock lock(&anchor_->mu);
     anchor_->reactor = nullptr;
@@ -116,7 +138,7 @@ void SessionReactor::OnDone() {
 void SessionReactor::ReadMore() {
   {
     absl::MutexLock lock(&mu_);
-    if (reading_ || reads_done_ || broken_ || finished_) return;
+    if (reading_ || reads_done_ || broken_ || draining_ || finished_) return;
     if (static_cast<int>(queue_.size()) >= max_pipelined_) return;
     reading_ = true;
   }
@@ -208,7 +230,7 @@ void SessionReactor::MaybeFinish() {
   {
     absl::MutexLock lock(&mu_);
     if (finished_ || running_ || writing_ || !outbox_.empty()) return;
-    if (!broken_ && !(reads_done_ && queue_.empty())) return;
+    if (!broken_ && !((reads_done_ || draining_) && queue_.empty())) return;
     finished_ = true;
     status = end_status_;
   }
@@ -232,6 +254,19 @@ void SessionReactor::OnCancel() {
     signal = signal_;
   }
   if (signal != nullptr) signal->Cancel();
+  MaybeFinish();
+}
+
+void SessionReactor::Drain() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (finished_ || draining_) return;
+    draining_ = true;
+    if (end_status_.ok()) {
+      end_status_ = absl::UnavailableError(
+          "the daemon is shutting down; open a new session");
+    }
+  }
   MaybeFinish();
 }
 

@@ -56,14 +56,38 @@
 
 namespace connbroker::server {
 
+class SessionReactor;
+
+// The daemon's live session streams, so that a drain can end them: a stream
+// kept by a client between calls is not a call in flight, and must not hold
+// the shutdown for its whole grace period. Thread-safe.
+class SessionSet {
+ public:
+  // False once DrainAll ran: the new session must drain at once.
+  bool Add(SessionReactor* session);
+  void Remove(SessionReactor* session);
+  // Ends every stream once its running and queued requests are answered
+  // (at once when idle), with UNAVAILABLE: clients open a new one.
+  void DrainAll();
+
+ private:
+  absl::Mutex mu_;
+  absl::flat_hash_set<SessionReactor*> sessions_ ABSL_GUARDED_BY(mu_);
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+};
+
 class SessionReactor final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   // `caller`: who is calling, or why it may not (the call then ends with
-  // that error). `broker` and `workers` must outlive the reactor.
-  SessionReactor(Broker* broker, WorkerPool* workers,
+  // that error). `broker`, `workers` and `sessions` must outlive the
+  // reactor.
+  SessionReactor(Broker* broker, WorkerPool* workers, SessionSet* sessions,
                  grpc::CallbackServerContext* context,
                  absl::StatusOr<Caller> caller);
+
+  // Stops reading and ends the stream once what it holds is answered.
+  void Drain();
   ~SessionReactor() override;
 
   void OnReadDone(bool ok) override;
@@ -144,6 +168,7 @@ class SessionReactor final
 
   Broker* const broker_;
   WorkerPool* const workers_;
+  SessionSet* const sessions_;
   grpc::CallbackServerContext* const context_;
   const std::shared_ptr<Anchor> anchor_;
   const int max_pipelined_;
@@ -186,6 +211,7 @@ class SessionReactor final
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status end_status_ ABSL_GUARDED_BY(mu_);
   std::deque<Outgoing> outbox_ ABSL_GUARDED_BY(mu_);
