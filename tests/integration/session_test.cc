@@ -211,6 +211,20 @@ TEST_F(SessionStreamTest, OneShotCallsKeepWorkingBesideAnOpenTransaction) {
   EXPECT_NE(after.out.find("1"), std::string::npos) << after.out;
 }
 
+TEST_F(SessionStreamTest, ADrainEndsIdleSessionsWithUnavailable) {
+  SessionStream stream(daemon_->target());
+  ASSERT_EQ(IntAt(stream.Call(1, QueryOn("app", "SELECT 1"))), 1);
+  // The stream is idle, kept between calls: SIGTERM must not wait for it.
+  daemon_->Signal(SIGTERM);
+  v1::SessionResponse nothing;
+  EXPECT_FALSE(stream.Read(&nothing));
+  grpc::Status status = stream.Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(status.error_message().find("shutting down"), std::string::npos)
+      << status.error_message();
+  EXPECT_EQ(daemon_->Stop(), 0);
+}
+
 TEST_F(SessionStreamTest,
        SessionsPastMaxSessionsAreRefusedAndOneShotCallsStillWork) {
   std::string toml = dir_.Write("broker.toml", "[limits]\nmax_sessions = 2\n");
