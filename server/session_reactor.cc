@@ -42,12 +42,6 @@ TransactionOptions OptionsOf(const v1::BeginRequest& begin) {
   return options;
 }
 
-// What a statement does to the transaction, from its first keyword (every
-// dialect's comments count as blanks here: the driver parses it again).
-bool IsWord(absl::string_view word, absl::string_view expected) {
-  return absl::EqualsIgnoreCase(word, expected);
-}
-
 }  // namespace
 
 bool SessionSet::Add(SessionReactor* session) {
@@ -446,30 +440,51 @@ bool SessionReactor::OnTransaction(const v1::Target& target) {
   return target.handle() == txn_->connection->handle();
 }
 
+SessionReactor::Control SessionReactor::ControlOf(const std::string& sql) {
+  // The standard's comments count as blanks here; the database parses the
+  // statement again anyway.
+  absl::string_view word = LeadingKeyword(sql, SqlComments{});
+  auto is = [word](absl::string_view expected) {
+    return absl::EqualsIgnoreCase(word, expected);
+  };
+  if (is("BEGIN") || is("START")) return Control::kBegin;
+  if (is("COMMIT") || is("END")) return Control::kCommit;
+  if (is("ROLLBACK") || is("ABORT")) return Control::kRollback;
+  return Control::kNone;
+}
+
+bool SessionReactor::RouteThroughTransaction(const v1::Target& target,
+                                             const std::string& sql,
+                                             const v1::Params& params,
+                                             bool as_query) {
+  const Control control = ControlOf(sql);
+  if (absl::Status aborted = AbortedFor(target); !aborted.ok()) {
+    if (control == Control::kCommit || control == Control::kRollback) {
+      RunEnd(/*commit=*/control == Control::kCommit);
+    } else {
+      AnswerError(aborted);
+      Complete();
+    }
+    return true;
+  }
+  if (OnTransaction(target)) {
+    // A query streams from the pinned backend (RunQuery); everything else
+    // runs there as an Execute.
+    if (as_query && control == Control::kNone) return false;
+    RunOnTransaction(sql, params, as_query);
+    return true;
+  }
+  if (control == Control::kBegin) {
+    RunBeginStatement(target, sql, params, as_query);
+    return true;
+  }
+  return false;
+}
+
 void SessionReactor::RunQuery() {
   const v1::QueryRequest& query = current_->query();
-  absl::string_view word = LeadingKeyword(query.sql(), SqlComments{});
-  const bool begins = IsWord(word, "BEGIN") || IsWord(word, "START");
-  const bool ends = IsWord(word, "COMMIT") || IsWord(word, "END") ||
-                    IsWord(word, "ROLLBACK") || IsWord(word, "ABORT");
-  if (absl::Status aborted = AbortedFor(query.target()); !aborted.ok()) {
-    if (ends) {
-      RunEnd(/*commit=*/!IsWord(word, "ROLLBACK") && !IsWord(word, "ABORT"));
-      return;
-    }
-    AnswerError(aborted);
-    Complete();
-    return;
-  }
-  if (OnTransaction(query.target())) {
-    if (begins || ends) {
-      // No rows to read: as an Execute, answered as an empty result.
-      RunOnTransaction(query.sql(), query.params(), /*as_query=*/true);
-      return;
-    }
-  } else if (begins) {
-    RunBeginStatement(query.target(), query.sql(), query.params(),
-                      /*as_query=*/true);
+  if (RouteThroughTransaction(query.target(), query.sql(), query.params(),
+                              /*as_query=*/true)) {
     return;
   }
   const bool pinned = OnTransaction(query.target());
@@ -616,26 +631,8 @@ void SessionReactor::EndQuery(absl::Status status) {
 
 void SessionReactor::RunExecute() {
   const v1::ExecuteRequest& execute = current_->execute();
-  absl::string_view word = LeadingKeyword(execute.sql(), SqlComments{});
-  const bool begins = IsWord(word, "BEGIN") || IsWord(word, "START");
-  const bool ends = IsWord(word, "COMMIT") || IsWord(word, "END") ||
-                    IsWord(word, "ROLLBACK") || IsWord(word, "ABORT");
-  if (absl::Status aborted = AbortedFor(execute.target()); !aborted.ok()) {
-    if (ends) {
-      RunEnd(/*commit=*/!IsWord(word, "ROLLBACK") && !IsWord(word, "ABORT"));
-      return;
-    }
-    AnswerError(aborted);
-    Complete();
-    return;
-  }
-  if (OnTransaction(execute.target())) {
-    RunOnTransaction(execute.sql(), execute.params(), /*as_query=*/false);
-    return;
-  }
-  if (begins) {
-    RunBeginStatement(execute.target(), execute.sql(), execute.params(),
-                      /*as_query=*/false);
+  if (RouteThroughTransaction(execute.target(), execute.sql(), execute.params(),
+                              /*as_query=*/false)) {
     return;
   }
   CancelSignal* signal;

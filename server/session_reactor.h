@@ -121,6 +121,13 @@ class SessionReactor final
 
   void RunQuery();
   void RunExecute();
+  static Control ControlOf(const std::string& sql);
+  // What a statement means for the session's transaction: refused while the
+  // daemon's rollback is unacknowledged, run on the pinned backend, or
+  // beginning one. True when it was answered or dispatched here; false:
+  // the caller runs it (a query on the transaction streams pinned).
+  bool RouteThroughTransaction(const v1::Target& target, const std::string& sql,
+                               const v1::Params& params, bool as_query);
   void RunBegin();
   void RunEnd(bool commit);
   // A statement that begins a transaction when none is open: pins a
