@@ -103,6 +103,9 @@ SessionReactor::SessionReactor(Broker* broker, WorkerPool* workers,
 }
 
 SessionReactor::~SessionReactor() {
+  for (TimerQueue::Id timer : {idle_timer_, request_timer_}) {
+    if (timer != 0) TimerQueue::Shared().Cancel(timer);
+  }
   if (counted_) sessions_->Remove(this);
   {
     absl::MutexLock lock(&anchor_->mu);
@@ -288,7 +291,7 @@ void SessionReactor::Run() {
   }
   if (current_->timeout_millis() > 0) {
     std::weak_ptr<Anchor> weak = anchor_;
-    TimerQueue::Shared().Schedule(
+    request_timer_ = TimerQueue::Shared().Schedule(
         absl::Now() + absl::Milliseconds(current_->timeout_millis()),
         [weak, id] {
           std::shared_ptr<Anchor> anchor = weak.lock();
@@ -378,6 +381,9 @@ void SessionReactor::Run() {
 }
 
 void SessionReactor::Complete() {
+  if (request_timer_ != 0) {
+    TimerQueue::Shared().Cancel(std::exchange(request_timer_, 0));
+  }
   {
     absl::MutexLock lock(&run_mu_);
     signal_.reset();
@@ -857,12 +863,17 @@ void SessionReactor::ArmIdleTimer() {
   const absl::Duration timeout =
       broker_->settings().IdleInTransactionTimeout(section);
   std::weak_ptr<Anchor> weak = anchor_;
-  TimerQueue::Shared().Schedule(absl::Now() + timeout, [weak, activity] {
-    std::shared_ptr<Anchor> anchor = weak.lock();
-    if (anchor == nullptr) return;
-    absl::MutexLock lock(&anchor->mu);
-    if (anchor->reactor != nullptr) anchor->reactor->OnIdleTimeout(activity);
-  });
+  // One idle timer a session: a client running many statements in a
+  // transaction must not pile up timers in the daemon.
+  if (idle_timer_ != 0) TimerQueue::Shared().Cancel(idle_timer_);
+  idle_timer_ =
+      TimerQueue::Shared().Schedule(absl::Now() + timeout, [weak, activity] {
+        std::shared_ptr<Anchor> anchor = weak.lock();
+        if (anchor == nullptr) return;
+        absl::MutexLock lock(&anchor->mu);
+        if (anchor->reactor != nullptr)
+          anchor->reactor->OnIdleTimeout(activity);
+      });
 }
 
 void SessionReactor::OnIdleTimeout(uint64_t activity) {

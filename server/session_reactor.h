@@ -189,6 +189,10 @@ class SessionReactor final
   bool schema_taken_ = false;
   bool requests_seen_ = false;
   bool counted_ = false;  // in the broker's sessions_open
+  // The running request's timeout, and the transaction's idle timer (0:
+  // none); cancelled when they can no longer matter.
+  TimerQueue::Id request_timer_ = 0;
+  TimerQueue::Id idle_timer_ = 0;
   // The session's transaction, and after the daemon rolled one back on its
   // own, the error statements on its connection get until a rollback.
   std::unique_ptr<PinnedTransaction> txn_;
