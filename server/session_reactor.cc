@@ -457,20 +457,50 @@ grpc::ByteBuffer SessionReactor::Parts(std::vector<grpc::Slice> parts) const {
   return grpc::ByteBuffer(parts.data(), parts.size());
 }
 
+bool SessionReactor::Ship(std::vector<grpc::Slice> ready) {
+  {
+    absl::MutexLock lock(&flow_mu_);
+    if (query_write_in_flight_) {
+      // One part is being written and this one is ready: the producer stops
+      // here until that write completes, so a slow reader holds at most two.
+      parked_ = std::move(ready);
+      return false;
+    }
+    query_write_in_flight_ = true;
+  }
+  Send(Parts(std::move(ready)), [this] {
+    bool resume;
+    {
+      absl::MutexLock lock(&flow_mu_);
+      query_write_in_flight_ = false;
+      resume = !parked_.empty();
+    }
+    if (resume) workers_->Submit([this] { ProduceQuery(); });
+  });
+  return true;
+}
+
 void SessionReactor::ProduceQuery() {
-  auto again = [this] { workers_->Submit([this] { ProduceQuery(); }); };
+  std::vector<grpc::Slice> parked;
+  {
+    absl::MutexLock lock(&flow_mu_);
+    parked = std::move(parked_);
+    parked_.clear();
+  }
+  if (!parked.empty() && !Ship(std::move(parked))) return;
   while (true) {
     if (Broken()) {
       EndQuery(absl::CancelledError("the session stream ended"));
       return;
     }
     if (!parts_.empty() && run_->NextNeedsDatabase()) {
-      // What is ready goes out before the database is asked for more.
+      // What is ready goes out before the database is asked for more; the
+      // next batch is read while it is written.
       std::vector<grpc::Slice> ready = std::move(parts_);
       parts_.clear();
       parts_have_batch_ = false;
-      Send(Parts(std::move(ready)), again);
-      return;
+      if (!Ship(std::move(ready))) return;
+      continue;
     }
     QueryRun::Outgoing out;
     absl::StatusOr<QueryRun::Progress> progress = run_->Next(&out);
@@ -494,13 +524,12 @@ void SessionReactor::ProduceQuery() {
     const bool is_batch = schema_taken_ && !out.last;
     schema_taken_ = true;
     if (is_batch && parts_have_batch_) {
-      // One batch a message: the one before goes out first, and this one
-      // waits in parts_ until that write completed.
+      // One batch a message: the one before goes out first.
       std::vector<grpc::Slice> ready = std::move(parts_);
       parts_.clear();
       parts_.push_back(std::move(slice));
-      Send(Parts(std::move(ready)), again);
-      return;
+      if (!Ship(std::move(ready))) return;
+      continue;
     }
     parts_.push_back(std::move(slice));
     if (is_batch) parts_have_batch_ = true;

@@ -107,8 +107,13 @@ class SessionReactor final
   // empty result) or an execute; drops the pin once the transaction ended.
   void RunOnTransaction(const std::string& sql, const v1::Params& params,
                         bool as_query);
-  // Streams the running QueryRun's parts (a worker).
+  // Streams the running QueryRun's parts (a worker), reading one batch
+  // ahead of the write in flight.
   void ProduceQuery();
+  // Writes a part of the query's answer, unless one is being written: then
+  // parks it and returns false (the producer stops; the write's completion
+  // resumes it).
+  bool Ship(std::vector<grpc::Slice> ready);
   // Sends what the query has left (and its error, if any) and completes.
   void EndQuery(absl::Status status);
 
@@ -158,6 +163,11 @@ class SessionReactor final
   bool txn_changed_ = false;  // this request began or ended one
 
   grpc::ByteBuffer read_buffer_;
+
+  // A query part's write in flight, and the part waiting for it.
+  absl::Mutex flow_mu_;
+  bool query_write_in_flight_ ABSL_GUARDED_BY(flow_mu_) = false;
+  std::vector<grpc::Slice> parked_ ABSL_GUARDED_BY(flow_mu_);
 
   // Guards the running request's cancellation against its end.
   absl::Mutex run_mu_;

@@ -2,6 +2,7 @@
 // into a columnar Result.
 #include "connbroker/result.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -177,9 +178,9 @@ Value Result::TypedCell(const ColumnData& data, size_t row) {
     case ValueKind::kDouble:
       return data.doubles[row];
     case ValueKind::kText:
-      return data.strings[row];
+      return std::string(data.bytes_of(row));
     case ValueKind::kBlob:
-      return Blob{data.strings[row]};
+      return Blob{std::string(data.bytes_of(row))};
     case ValueKind::kMixed:
       return data.mixed[row];
     case ValueKind::kNull:
@@ -209,8 +210,21 @@ void Result::SetSummary(const v1::QuerySummary& summary) {
   summary_.handle = summary.handle();
 }
 
+void Result::ColumnData::Clear() {
+  kind = ValueKind::kNull;
+  nulls.clear();
+  bools.clear();
+  int64s.clear();
+  doubles.clear();
+  bytes.clear();
+  ends.clear();
+  mixed.clear();
+}
+
 void Result::ClearRows() {
-  data_.assign(columns_.size(), ColumnData{});
+  // Cleared, not replaced: a streaming reader's next batch reuses the
+  // vectors' memory instead of growing them again from nothing.
+  for (ColumnData& data : data_) data.Clear();
   num_rows_ = 0;
 }
 
@@ -263,7 +277,8 @@ void Result::PadTyped(ColumnData& data, size_t count) {
       break;
     case ValueKind::kText:
     case ValueKind::kBlob:
-      data.strings.resize(data.strings.size() + count);
+      // Empty cells: each ends where the previous one did.
+      data.ends.resize(data.ends.size() + count, data.bytes.size());
       break;
     case ValueKind::kMixed:
       data.mixed.resize(data.mixed.size() + count);
@@ -286,9 +301,27 @@ void Result::ConvertToMixed(ColumnData& data, size_t rows) {
   data.bools.clear();
   data.int64s.clear();
   data.doubles.clear();
-  data.strings.clear();
+  data.bytes.clear();
+  data.ends.clear();
   data.mixed = std::move(mixed);
   data.kind = ValueKind::kMixed;
+}
+
+void Result::AppendBytes(
+    const google::protobuf::RepeatedPtrField<std::string>& cells,
+    ColumnData& data) {
+  size_t total = data.bytes.size();
+  for (const std::string& cell : cells) total += cell.size();
+  // One allocation at most for the batch (none once a reused Result has
+  // grown to the batch's size), doubling so that a whole result collected
+  // batch by batch is copied a bounded number of times.
+  if (total > data.bytes.capacity()) {
+    data.bytes.reserve(std::max(total, 2 * data.bytes.capacity()));
+  }
+  for (const std::string& cell : cells) {
+    data.bytes.append(cell);
+    data.ends.push_back(data.bytes.size());
+  }
 }
 
 void Result::AppendColumn(const v1::ColumnVector& vector, size_t rows,
@@ -360,12 +393,10 @@ void Result::AppendColumn(const v1::ColumnVector& vector, size_t rows,
                           vector.doubles().values().end());
       break;
     case ValueKind::kText:
-      data.strings.insert(data.strings.end(), vector.texts().values().begin(),
-                          vector.texts().values().end());
+      AppendBytes(vector.texts().values(), data);
       break;
     case ValueKind::kBlob:
-      data.strings.insert(data.strings.end(), vector.blobs().values().begin(),
-                          vector.blobs().values().end());
+      AppendBytes(vector.blobs().values(), data);
       break;
     default:
       break;

@@ -64,27 +64,27 @@ size_t ColumnBuilder::AppendNull(int row) {
 
 size_t ColumnBuilder::AppendBool(int row, bool value) {
   if (Prepare(v1::VALUE_KIND_BOOL, row) == v1::VALUE_KIND_MIXED) {
-    out_->mutable_mixed()->add_values()->set_bool_value(value);
+    mixed_->Add()->set_bool_value(value);
   } else {
-    out_->mutable_bools()->add_values(value);
+    bools_->Add(value);
   }
   return 1 + kCellOverhead;
 }
 
 size_t ColumnBuilder::AppendInt64(int row, int64_t value) {
   if (Prepare(v1::VALUE_KIND_INT64, row) == v1::VALUE_KIND_MIXED) {
-    out_->mutable_mixed()->add_values()->set_int64_value(value);
+    mixed_->Add()->set_int64_value(value);
   } else {
-    out_->mutable_int64s()->add_values(value);
+    int64s_->Add(value);
   }
   return 8 + kCellOverhead;
 }
 
 size_t ColumnBuilder::AppendDouble(int row, double value) {
   if (Prepare(v1::VALUE_KIND_DOUBLE, row) == v1::VALUE_KIND_MIXED) {
-    out_->mutable_mixed()->add_values()->set_double_value(value);
+    mixed_->Add()->set_double_value(value);
   } else {
-    out_->mutable_doubles()->add_values(value);
+    doubles_->Add(value);
   }
   return 8 + kCellOverhead;
 }
@@ -92,25 +92,28 @@ size_t ColumnBuilder::AppendDouble(int row, double value) {
 size_t ColumnBuilder::AppendText(int row, absl::string_view value) {
   if (!IsValidUtf8(value)) return AppendBlob(row, value);
   if (Prepare(v1::VALUE_KIND_TEXT, row) == v1::VALUE_KIND_MIXED) {
-    out_->mutable_mixed()->add_values()->mutable_text_value()->assign(
-        value.data(), value.size());
+    mixed_->Add()->mutable_text_value()->assign(value.data(), value.size());
   } else {
-    out_->mutable_texts()->add_values()->assign(value.data(), value.size());
+    // Add() hands back a string a previous batch left (cleared, its buffer
+    // kept) when there is one: no allocation per cell.
+    strings_->Add()->assign(value.data(), value.size());
   }
   return value.size() + kCellOverhead;
 }
 
 size_t ColumnBuilder::AppendBlob(int row, absl::string_view value) {
   if (Prepare(v1::VALUE_KIND_BLOB, row) == v1::VALUE_KIND_MIXED) {
-    out_->mutable_mixed()->add_values()->mutable_blob_value()->assign(
-        value.data(), value.size());
+    mixed_->Add()->mutable_blob_value()->assign(value.data(), value.size());
   } else {
-    out_->mutable_blobs()->add_values()->assign(value.data(), value.size());
+    strings_->Add()->assign(value.data(), value.size());
   }
   return value.size() + kCellOverhead;
 }
 
 void ColumnBuilder::Finish(int rows) {
+  // No typed cell: the wire says "all NULL" by carrying no vector, so drop
+  // the one a previous batch left.
+  if (kind_ == v1::VALUE_KIND_NULL) out_->clear_values();
   if (null_rows_.empty()) return;
   auto* nulls = out_->mutable_nulls();
   nulls->Resize(rows, false);
@@ -129,22 +132,20 @@ v1::ValueKind ColumnBuilder::Prepare(v1::ValueKind kind, int row) {
 void ColumnBuilder::AppendPlaceholder() {
   switch (kind_) {
     case v1::VALUE_KIND_MIXED:
-      out_->mutable_mixed()->add_values()->set_null_value(v1::NULL_VALUE);
+      mixed_->Add()->set_null_value(v1::NULL_VALUE);
       break;
     case v1::VALUE_KIND_BOOL:
-      out_->mutable_bools()->add_values(false);
+      bools_->Add(false);
       break;
     case v1::VALUE_KIND_INT64:
-      out_->mutable_int64s()->add_values(0);
+      int64s_->Add(0);
       break;
     case v1::VALUE_KIND_DOUBLE:
-      out_->mutable_doubles()->add_values(0);
+      doubles_->Add(0);
       break;
     case v1::VALUE_KIND_TEXT:
-      out_->mutable_texts()->add_values();
-      break;
     case v1::VALUE_KIND_BLOB:
-      out_->mutable_blobs()->add_values();
+      strings_->Add();
       break;
     default:
       break;  // no vector yet: StartTyped fills the rows before it
@@ -152,24 +153,29 @@ void ColumnBuilder::AppendPlaceholder() {
 }
 
 void ColumnBuilder::StartTyped(v1::ValueKind kind, int row) {
+  // mutable_*() keeps the vector StartBatch emptied when it is of this kind,
+  // and replaces it otherwise.
   kind_ = kind;
   switch (kind) {
     case v1::VALUE_KIND_BOOL:
-      out_->mutable_bools()->mutable_values()->Resize(row, false);
+      bools_ = out_->mutable_bools()->mutable_values();
+      bools_->Resize(row, false);
       break;
     case v1::VALUE_KIND_INT64:
-      out_->mutable_int64s()->mutable_values()->Resize(row, 0);
+      int64s_ = out_->mutable_int64s()->mutable_values();
+      int64s_->Resize(row, 0);
       break;
     case v1::VALUE_KIND_DOUBLE:
-      out_->mutable_doubles()->mutable_values()->Resize(row, 0);
+      doubles_ = out_->mutable_doubles()->mutable_values();
+      doubles_->Resize(row, 0);
       break;
     case v1::VALUE_KIND_TEXT:
-      out_->mutable_texts();
-      for (int i = 0; i < row; ++i) out_->mutable_texts()->add_values();
+      strings_ = out_->mutable_texts()->mutable_values();
+      for (int i = 0; i < row; ++i) strings_->Add();
       break;
     default:
-      out_->mutable_blobs();
-      for (int i = 0; i < row; ++i) out_->mutable_blobs()->add_values();
+      strings_ = out_->mutable_blobs()->mutable_values();
+      for (int i = 0; i < row; ++i) strings_->Add();
       break;
   }
 }
@@ -177,11 +183,11 @@ void ColumnBuilder::StartTyped(v1::ValueKind kind, int row) {
 void ColumnBuilder::ConvertToMixed(int row) {
   v1::ColumnVector typed;
   typed.Swap(out_);  // out_ is now empty; `typed` holds the old vector
-  auto* values = out_->mutable_mixed()->mutable_values();
-  values->Reserve(row + 1);
+  mixed_ = out_->mutable_mixed()->mutable_values();
+  mixed_->Reserve(row + 1);
   size_t next_null = 0;
   for (int r = 0; r < row; ++r) {
-    v1::Value* value = values->Add();
+    v1::Value* value = mixed_->Add();
     if (next_null < null_rows_.size() && null_rows_[next_null] == r) {
       ++next_null;
       value->set_null_value(v1::NULL_VALUE);
@@ -210,11 +216,57 @@ void ColumnBuilder::ConvertToMixed(int row) {
   kind_ = v1::VALUE_KIND_MIXED;
 }
 
+namespace {
+
+// Empties `column`'s cells but keeps its vector, and with it the vector's
+// capacity and, for text and blobs, the strings and their buffers.
+void EmptyColumn(v1::ColumnVector* column) {
+  column->mutable_nulls()->Clear();
+  switch (column->values_case()) {
+    case v1::ColumnVector::kBools:
+      column->mutable_bools()->mutable_values()->Clear();
+      break;
+    case v1::ColumnVector::kInt64S:
+      column->mutable_int64s()->mutable_values()->Clear();
+      break;
+    case v1::ColumnVector::kDoubles:
+      column->mutable_doubles()->mutable_values()->Clear();
+      break;
+    case v1::ColumnVector::kTexts:
+      column->mutable_texts()->mutable_values()->Clear();
+      break;
+    case v1::ColumnVector::kBlobs:
+      column->mutable_blobs()->mutable_values()->Clear();
+      break;
+    case v1::ColumnVector::kMixed:
+      column->mutable_mixed()->mutable_values()->Clear();
+      break;
+    case v1::ColumnVector::VALUES_NOT_SET:
+      break;
+  }
+}
+
+}  // namespace
+
 std::vector<ColumnBuilder> StartBatch(int columns, v1::RowBatch* batch) {
+  // Clear() would free the columns' vectors (a oneof is cleared by deleting
+  // it): set the columns aside, clear whatever else the batch holds, and
+  // empty them in place instead.
+  google::protobuf::RepeatedPtrField<v1::ColumnVector> kept;
+  kept.Swap(batch->mutable_columns());
   batch->Clear();
+  batch->mutable_columns()->Swap(&kept);
+  auto* vectors = batch->mutable_columns();
+  if (vectors->size() > columns) {
+    vectors->DeleteSubrange(columns, vectors->size() - columns);
+  }
+  while (vectors->size() < columns) vectors->Add();
   std::vector<ColumnBuilder> builders;
   builders.reserve(columns);
-  for (int i = 0; i < columns; ++i) builders.emplace_back(batch->add_columns());
+  for (v1::ColumnVector& column : *vectors) {
+    EmptyColumn(&column);
+    builders.emplace_back(&column);
+  }
   return builders;
 }
 

@@ -8,22 +8,28 @@
 // mark in the null mask. Text that is not valid UTF-8 travels as a blob,
 // since protobuf strings must be UTF-8 or the client fails to parse the
 // batch. Each Append returns about what the cell costs on the wire, so a
-// driver can cut batches by bytes. Not thread-safe.
+// driver can cut batches by bytes. A batch reused for the next one keeps its
+// vectors' capacity and its text cells' buffers (StartBatch), so a stream
+// stops allocating per batch and per cell once its first batch is built.
+// Not thread-safe.
 #ifndef CONNBROKER_SERVER_DRIVERS_COLUMN_BUILDER_H_
 #define CONNBROKER_SERVER_DRIVERS_COLUMN_BUILDER_H_
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/strings/string_view.h"
 #include "connbroker/v1/values.pb.h"
+#include "google/protobuf/repeated_field.h"
 
 namespace connbroker::server {
 
 class ColumnBuilder {
  public:
-  // `out` must be empty and outlive the builder.
+  // `out` must hold no cells (StartBatch's columns: a typed vector may be
+  // set, empty, kept for its capacity) and outlive the builder.
   explicit ColumnBuilder(v1::ColumnVector* out) : out_(out) {}
 
   // Each appends the cell of row `row` (rows come in order, 0, 1, ...).
@@ -51,10 +57,20 @@ class ColumnBuilder {
 
   v1::ColumnVector* const out_;
   v1::ValueKind kind_ = v1::VALUE_KIND_NULL;
+  // The vector of kind_, once started: saves finding it through the oneof
+  // on every cell.
+  google::protobuf::RepeatedField<bool>* bools_ = nullptr;
+  google::protobuf::RepeatedField<int64_t>* int64s_ = nullptr;
+  google::protobuf::RepeatedField<double>* doubles_ = nullptr;
+  google::protobuf::RepeatedPtrField<std::string>* strings_ = nullptr;
+  google::protobuf::RepeatedPtrField<v1::Value>* mixed_ = nullptr;
   std::vector<int> null_rows_;  // ascending
 };
 
-// The builders of one batch: one per column, over `batch`'s columns.
+// Empties `batch` for `columns` columns and returns their builders. The
+// columns' vectors are emptied, not freed: a batch reused for the next one
+// refills them without reallocating (a column whose kind changes, or that
+// ends up all NULL, drops its vector).
 std::vector<ColumnBuilder> StartBatch(int columns, v1::RowBatch* batch);
 
 // After the first batch: sets each column's kind and nullability in

@@ -885,26 +885,45 @@ ColumnPlan PlanColumn(const MYSQL_FIELD& field) {
   return plan;
 }
 
-std::string FormatTime(const MYSQL_TIME& t, CellKind kind,
-                       unsigned int decimals) {
-  char text[64];
+// Room for any FormatTime text, even of nonsense fields: six 10-digit
+// numbers, a sign, the separators and six fractional digits.
+constexpr size_t kTimeTextBytes = 80;
+
+// Writes `value` in decimal, zero-padded to `width` digits, at `p`; returns
+// the end. By hand, not snprintf: it runs for every date cell of a stream.
+char* PutDigits(char* p, unsigned long value, int width) {
+  char digits[20];
   int n = 0;
-  switch (kind) {
-    case CellKind::kDate:
-      n = std::snprintf(text, sizeof(text), "%04u-%02u-%02u", t.year, t.month,
-                        t.day);
-      break;
-    case CellKind::kDateTime:
-      n = std::snprintf(text, sizeof(text), "%04u-%02u-%02u %02u:%02u:%02u",
-                        t.year, t.month, t.day, t.hour, t.minute, t.second);
-      break;
-    default:  // kTime; libmariadb folds the days into `hour`
-      n = std::snprintf(text, sizeof(text), "%s%02u:%02u:%02u",
-                        t.neg ? "-" : "", t.hour, t.minute, t.second);
-      break;
+  do {
+    digits[n++] = static_cast<char>('0' + value % 10);
+    value /= 10;
+  } while (value != 0);
+  while (n < width) digits[n++] = '0';
+  while (n > 0) *p++ = digits[--n];
+  return p;
+}
+
+// Writes `t` into `out` as the server prints it; returns the text.
+absl::string_view FormatTime(const MYSQL_TIME& t, CellKind kind,
+                             unsigned int decimals,
+                             char (&out)[kTimeTextBytes]) {
+  char* p = out;
+  if (kind == CellKind::kDate || kind == CellKind::kDateTime) {
+    p = PutDigits(p, t.year, 4);
+    *p++ = '-';
+    p = PutDigits(p, t.month, 2);
+    *p++ = '-';
+    p = PutDigits(p, t.day, 2);
+    if (kind == CellKind::kDate) return absl::string_view(out, p - out);
+    *p++ = ' ';
+  } else if (t.neg) {  // kTime; libmariadb folds the days into `hour`
+    *p++ = '-';
   }
-  std::string out(text, std::max(n, 0));
-  if (kind == CellKind::kDate) return out;
+  p = PutDigits(p, t.hour, 2);
+  *p++ = ':';
+  p = PutDigits(p, t.minute, 2);
+  *p++ = ':';
+  p = PutDigits(p, t.second, 2);
   // As the server prints it: a column declared with fractional seconds
   // shows that many digits; one without (or an expression, whose decimals
   // say nothing) shows microseconds only when there are some.
@@ -915,13 +934,12 @@ std::string FormatTime(const MYSQL_TIME& t, CellKind kind,
     digits = 6;
   }
   if (digits > 0) {
-    char fraction[16];
-    std::snprintf(fraction, sizeof(fraction), "%06lu",
-                  static_cast<unsigned long>(t.second_part % 1000000));
-    out.push_back('.');
-    out.append(fraction, digits);
+    char fraction[20];
+    PutDigits(fraction, t.second_part % 1000000, 6);
+    *p++ = '.';
+    for (unsigned int k = 0; k < digits; ++k) *p++ = fraction[k];
   }
-  return out;
+  return absl::string_view(out, p - out);
 }
 
 // The result columns of one statement bound to buffers this object owns,
@@ -1037,10 +1055,12 @@ class ResultRow {
           break;
         case CellKind::kDate:
         case CellKind::kTime:
-        case CellKind::kDateTime:
+        case CellKind::kDateTime: {
+          char text[kTimeTextBytes];
           bytes += builder.AppendText(
-              row, FormatTime(slot.time, slot.plan.kind, slot.decimals));
+              row, FormatTime(slot.time, slot.plan.kind, slot.decimals, text));
           break;
+        }
       }
     }
     return bytes;
@@ -1211,7 +1231,6 @@ class MysqlCursor : public ResultCursor {
 
   absl::StatusOr<bool> Next(int max_rows, size_t max_bytes,
                             v1::RowBatch* batch) override {
-    batch->Clear();
     const int columns = schema_.columns_size();
     std::vector<ColumnBuilder> builders = StartBatch(columns, batch);
     if (lease_ == nullptr) return false;  // exhausted (or failed) before

@@ -1381,7 +1381,8 @@ class PgCursor : public ResultCursor {
 
   absl::StatusOr<bool> NextImpl(int max_rows, size_t max_bytes,
                                 v1::RowBatch* batch) {
-    batch->Clear();
+    // StartBatch empties a batch that goes on, keeping its vectors' memory.
+    if (!failure_.ok() || exchange_.cancelled()) batch->Clear();
     if (!failure_.ok()) return failure_;
     if (exchange_.cancelled()) {
       if (lease_ != nullptr && !statement_over_) return Abort();

@@ -120,6 +120,9 @@ constexpr char kPgPointSql[] =
 constexpr char kMyPointSql[] =
     "SELECT id, name, amount FROM items WHERE id = ?";
 constexpr char kNetStreamSql[] = "SELECT a, b, c, d FROM stream";
+// The same rows without the timestamp: the 3 columns of the SQLite stream
+// (int, real, 16-character text), so the three databases compare alike.
+constexpr char kNetStream3Sql[] = "SELECT a, b, c FROM stream";
 // Rows made on the fly: no 5M-row table to create, and the server side
 // (a function scan spilled to a tuplestore) is not what is measured here.
 constexpr char kPgRssStreamSql[] =
@@ -1431,24 +1434,37 @@ Measurement BrokerStream(const Flags& flags, const Connection& conn,
 // another one is running).
 constexpr int64_t SumTo(int64_t n) { return n * (n + 1) / 2; }
 
-// A PostgreSQL or MariaDB stream (`sql`, a, b, c, d as in `stream`) through
-// the daemon. Checks the row count, the sum of the ids, and the two text
+// The SQL of a `stream` read of `columns` (3: a, b, c; 4: a, b, c, d).
+const char* NetStreamSql(int columns) {
+  return columns == 3 ? kNetStream3Sql : kNetStreamSql;
+}
+
+// Payload bytes of one such row.
+int64_t NetStreamRowBytes(int columns) {
+  return columns == 3 ? kStreamRowBytes : kNetStreamRowBytes;
+}
+
+// A PostgreSQL or MariaDB stream (`sql`, a, b, c[, d] as in `stream`)
+// through the daemon. Checks the row count, the sum of the ids, and the text
 // columns' widths on the first row of every batch.
 int64_t BrokerNetStreamOnce(const Connection& conn, const std::string& sql,
-                            int64_t want_rows, int64_t* server_micros) {
+                            int64_t want_rows, int64_t* server_micros,
+                            int columns = 4) {
   int64_t rows = 0, id_sum = 0;
   absl::StatusOr<QuerySummary> summary = conn.QueryBatches(
       sql, {.deadline = absl::Minutes(10)},
       [&](const Result& batch) -> absl::Status {
         if (batch.num_rows() == 0) return absl::OkStatus();
-        if (batch.num_columns() != 4) {
-          return absl::InternalError("the stream has not 4 columns");
+        if (batch.num_columns() != static_cast<size_t>(columns)) {
+          return absl::InternalError(
+              absl::StrCat("the stream has not ", columns, " columns"));
         }
-        const Value c = batch.cell(0, 2), d = batch.cell(0, 3);
+        const Value c = batch.cell(0, 2);
+        const Value d = columns == 4 ? batch.cell(0, 3) : Value();
         const std::string* cs = std::get_if<std::string>(&c);
         const std::string* ds = std::get_if<std::string>(&d);
-        if (cs == nullptr || cs->size() != 16 || ds == nullptr ||
-            ds->size() != 19) {
+        if (cs == nullptr || cs->size() != 16 ||
+            (columns == 4 && (ds == nullptr || ds->size() != 19))) {
           return absl::InternalError(
               "the stream's text is not 16 bytes or its timestamp not the "
               "19-character text");
@@ -1472,15 +1488,15 @@ int64_t BrokerNetStreamOnce(const Connection& conn, const std::string& sql,
 }
 
 Measurement BrokerNetStream(const Flags& flags, const Connection& conn,
-                            int64_t* server_micros) {
+                            int columns, int64_t* server_micros) {
   *server_micros = 0;
   int runs = 0;
   Measurement m = RepeatStream(
       flags, kStreamRows,
       [&]() -> int64_t {
         ++runs;
-        return BrokerNetStreamOnce(conn, kNetStreamSql, kStreamRows,
-                                   server_micros);
+        return BrokerNetStreamOnce(conn, NetStreamSql(columns), kStreamRows,
+                                   server_micros, columns);
       },
       flags.daemon_pid);
   *server_micros /= std::max(runs, 1);
@@ -1489,7 +1505,9 @@ Measurement BrokerNetStream(const Flags& flags, const Connection& conn,
 
 // What an application does with a row of `stream` it reads as text: the
 // numbers parsed, the texts' lengths taken. `id_sum` checks the ids.
+// `d_len` is 0 for a 3-column read.
 struct RowCheck {
+  int columns = 4;
   int64_t rows = 0, id_sum = 0, text_bytes = 0;
   double b_sum = 0;
 
@@ -1500,7 +1518,8 @@ struct RowCheck {
     text_bytes += c_len + d_len;
   }
   int64_t Verify(const char* who) const {
-    if (id_sum != SumTo(rows) || text_bytes != rows * (16 + 19) || b_sum <= 0) {
+    const int64_t width = columns == 4 ? 16 + 19 : 16;
+    if (id_sum != SumTo(rows) || text_bytes != rows * width || b_sum <= 0) {
       Die(absl::StrCat(who, ": wrong ids, values or text widths"));
     }
     return rows;
@@ -1509,20 +1528,22 @@ struct RowCheck {
 
 // libpq straight, in single-row mode: the streaming a careful libpq
 // application does for a big result, and what the broker's driver does.
-Measurement LibpqSingleRowStream(const Flags& flags, PGconn* conn) {
+Measurement LibpqSingleRowStream(const Flags& flags, PGconn* conn,
+                                 int columns) {
   return RepeatStream(flags, kStreamRows, [&]() -> int64_t {
-    if (PQsendQueryParams(conn, kNetStreamSql, 0, nullptr, nullptr, nullptr,
-                          nullptr, 0) == 0 ||
+    if (PQsendQueryParams(conn, NetStreamSql(columns), 0, nullptr, nullptr,
+                          nullptr, nullptr, 0) == 0 ||
         PQsetSingleRowMode(conn) == 0) {
       Die(absl::StrCat("libpq stream: ", PQerrorMessage(conn)));
     }
-    RowCheck check;
+    RowCheck check{columns};
     while (PGresult* raw = PQgetResult(conn)) {
       PgResult r(raw);
       const ExecStatusType status = PQresultStatus(r.get());
       if (status == PGRES_SINGLE_TUPLE) {
         check.Add(PQgetvalue(r.get(), 0, 0), PQgetvalue(r.get(), 0, 1),
-                  PQgetlength(r.get(), 0, 2), PQgetlength(r.get(), 0, 3));
+                  PQgetlength(r.get(), 0, 2),
+                  columns == 4 ? PQgetlength(r.get(), 0, 3) : 0);
       } else if (status != PGRES_TUPLES_OK) {
         Die(absl::StrCat("libpq stream: ", PQerrorMessage(conn)));
       }
@@ -1533,18 +1554,19 @@ Measurement LibpqSingleRowStream(const Flags& flags, PGconn* conn) {
 
 // libpq straight, the whole result in one PGresult: what most applications
 // do (PQexec, psycopg2's default cursor), memory growing with the result.
-Measurement LibpqWholeResult(const Flags& flags, PGconn* conn) {
+Measurement LibpqWholeResult(const Flags& flags, PGconn* conn, int columns) {
   return RepeatStream(flags, kStreamRows, [&]() -> int64_t {
-    PgResult r(PQexecParams(conn, kNetStreamSql, 0, nullptr, nullptr, nullptr,
-                            nullptr, 0));
+    PgResult r(PQexecParams(conn, NetStreamSql(columns), 0, nullptr, nullptr,
+                            nullptr, nullptr, 0));
     if (PQresultStatus(r.get()) != PGRES_TUPLES_OK) {
       Die(absl::StrCat("libpq whole result: ", PQerrorMessage(conn)));
     }
-    RowCheck check;
+    RowCheck check{columns};
     const int n = PQntuples(r.get());
     for (int i = 0; i < n; ++i) {
       check.Add(PQgetvalue(r.get(), i, 0), PQgetvalue(r.get(), i, 1),
-                PQgetlength(r.get(), i, 2), PQgetlength(r.get(), i, 3));
+                PQgetlength(r.get(), i, 2),
+                columns == 4 ? PQgetlength(r.get(), i, 3) : 0);
     }
     return check.Verify("libpq whole result");
   });
@@ -1552,18 +1574,19 @@ Measurement LibpqWholeResult(const Flags& flags, PGconn* conn) {
 
 // libmariadb straight, text protocol, rows read off the socket as they come
 // (mysql_use_result; pymysql's SSCursor).
-Measurement MysqlUseResultStream(const Flags& flags, MYSQL* conn) {
+Measurement MysqlUseResultStream(const Flags& flags, MYSQL* conn, int columns) {
+  const char* sql = NetStreamSql(columns);
   return RepeatStream(flags, kStreamRows, [&]() -> int64_t {
-    if (mysql_real_query(conn, kNetStreamSql, std::strlen(kNetStreamSql))) {
+    if (mysql_real_query(conn, sql, std::strlen(sql))) {
       Die(absl::StrCat("mysql_use_result stream: ", mysql_error(conn)));
     }
     MYSQL_RES* res = mysql_use_result(conn);
     if (res == nullptr) Die("mysql_use_result: no result");
-    RowCheck check;
+    RowCheck check{columns};
     while (MYSQL_ROW row = mysql_fetch_row(res)) {
       const unsigned long* lengths = mysql_fetch_lengths(res);
       check.Add(row[0], row[1], static_cast<int64_t>(lengths[2]),
-                static_cast<int64_t>(lengths[3]));
+                columns == 4 ? static_cast<int64_t>(lengths[3]) : 0);
     }
     if (mysql_errno(conn) != 0) {
       Die(absl::StrCat("mysql_use_result stream: ", mysql_error(conn)));
@@ -1575,9 +1598,10 @@ Measurement MysqlUseResultStream(const Flags& flags, MYSQL* conn) {
 
 // libmariadb straight, binary protocol, a prepared statement read unbuffered
 // (no mysql_stmt_store_result): what the broker's driver does.
-Measurement MysqlStatementStream(const Flags& flags, const MyConn& conn) {
+Measurement MysqlStatementStream(const Flags& flags, const MyConn& conn,
+                                 int columns) {
   absl::StatusOr<std::shared_ptr<MyStatement>> s =
-      PrepareMysql(conn, kNetStreamSql);
+      PrepareMysql(conn, NetStreamSql(columns));
   if (!s.ok()) Die(s.status().ToString());
   MYSQL_STMT* stmt = (*s)->stmt;
   int64_t a = 0;
@@ -1611,7 +1635,9 @@ Measurement MysqlStatementStream(const Flags& flags, const MyConn& conn) {
       id_sum += a;
       b_sum += b;
       text_bytes += static_cast<int64_t>(c_length);
-      if (d.year != 2024) Die("mysql_stmt stream: wrong timestamp");
+      if (columns == 4 && d.year != 2024) {
+        Die("mysql_stmt stream: wrong timestamp");
+      }
     }
     if (rc != MYSQL_NO_DATA) Die(MyStmtError(stmt, "stream fetch").ToString());
     if (id_sum != SumTo(rows) || text_bytes != rows * 16 || b_sum <= 0) {
@@ -1716,6 +1742,25 @@ struct Context {
   }
 };
 
+// Row 6: the SQLite stream through the daemon against stepping it
+// in-process. Part of the sqlite group, and of the stream group run alone.
+void SqliteStreamRows(const Context& ctx, const Connection& conn) {
+  const Flags& flags = ctx.flags;
+  Progress("stream through the daemon");
+  int64_t server_micros = 0;
+  Measurement bs = BrokerStream(flags, conn, &server_micros);
+  Progress("stream in-process");
+  Measurement ds = DirectStream(flags);
+  ctx.rows.push_back(MakeRow(
+      "6. broker stream 1M rows x 3 cols (QueryBatches)", bs,
+      absl::StrFormat(
+          "%s; %.0f%% of direct; server-side %.2f s, %s", StreamNotes(bs),
+          100 * bs.ops_per_second / ds.ops_per_second,
+          static_cast<double>(server_micros) / 1e6, StreamCpuNote(bs))));
+  ctx.rows.push_back(MakeRow("6. direct SQLite, same 1M-row query", ds,
+                             StreamNotes(ds) + "; in-process"));
+}
+
 void SqliteRows(const Context& ctx, const Connection& conn) {
   const Flags& flags = ctx.flags;
   const int n = flags.many_clients;
@@ -1751,19 +1796,7 @@ void SqliteRows(const Context& ctx, const Connection& conn) {
   rows.push_back(MakeRow("5. Connect (join existing)", k1,
                          absl::StrCat(CpuNote(k1), "; joined, same handle")));
 
-  Progress("stream through the daemon");
-  int64_t server_micros = 0;
-  Measurement bs = BrokerStream(flags, conn, &server_micros);
-  Progress("stream in-process");
-  Measurement ds = DirectStream(flags);
-  rows.push_back(MakeRow(
-      "6. broker stream 1M rows x 3 cols (QueryBatches)", bs,
-      absl::StrFormat(
-          "%s; %.0f%% of direct; server-side %.2f s, %s", StreamNotes(bs),
-          100 * bs.ops_per_second / ds.ops_per_second,
-          static_cast<double>(server_micros) / 1e6, StreamCpuNote(bs))));
-  rows.push_back(MakeRow("6. direct SQLite, same 1M-row query", ds,
-                         StreamNotes(ds) + "; in-process"));
+  SqliteStreamRows(ctx, conn);
 
   absl::StatusOr<int64_t> before = CountRows(conn, "log");
   if (!before.ok()) Die("count log: " + before.status().ToString());
@@ -1901,12 +1934,14 @@ void MariaRows(const Context& ctx, const absl::StatusOr<Connection>& maria) {
   }
 }
 
-// 1M rows x 4 columns through the broker against reading them straight.
+// 1M rows through the broker against reading them straight: 4 columns
+// (with the timestamp) and 3 (the SQLite stream's shape).
 void NetStreamRows(const Context& ctx, const absl::StatusOr<Connection>& pg,
                    const absl::StatusOr<Connection>& maria) {
   const Flags& flags = ctx.flags;
   auto broker_row =
       [&](const std::string& scenario, const absl::StatusOr<Connection>& conn,
+          int columns,
           const std::vector<std::pair<std::string, Measurement>>& others) {
         if (!conn.ok()) {
           ctx.rows.push_back(NotMeasured(scenario, 1, Short(conn.status())));
@@ -1914,7 +1949,7 @@ void NetStreamRows(const Context& ctx, const absl::StatusOr<Connection>& pg,
         }
         Progress(scenario);
         int64_t server_micros = 0;
-        Measurement m = BrokerNetStream(flags, *conn, &server_micros);
+        Measurement m = BrokerNetStream(flags, *conn, columns, &server_micros);
         std::string ratios;
         for (const auto& [name, other] : others) {
           absl::StrAppend(&ratios, ratios.empty() ? "" : ", ",
@@ -1923,45 +1958,61 @@ void NetStreamRows(const Context& ctx, const absl::StatusOr<Connection>& pg,
         ctx.rows.push_back(
             MakeRow(scenario, m,
                     absl::StrFormat("%s; %s; server-side %.2f s, %s", ratios,
-                                    StreamNotes(m, kNetStreamRowBytes),
+                                    StreamNotes(m, NetStreamRowBytes(columns)),
                                     static_cast<double>(server_micros) / 1e6,
                                     StreamCpuNote(m))));
       };
   auto direct_row = [&](const std::string& scenario, const Measurement& m,
-                        const std::string& how) {
+                        int columns, const std::string& how) {
     ctx.rows.push_back(
         MakeRow(scenario, m,
-                absl::StrCat(StreamNotes(m, kNetStreamRowBytes), "; ", how,
-                             "; ", StreamCpuNote(m))));
+                absl::StrCat(StreamNotes(m, NetStreamRowBytes(columns)), "; ",
+                             how, "; ", StreamCpuNote(m))));
   };
 
   if (ctx.servers.has_pg()) {
     absl::StatusOr<PgConn> conn = ConnectPg(ctx.servers, /*via_bouncer=*/false);
     if (!conn.ok()) Die(conn.status().ToString());
-    Progress("PostgreSQL stream: libpq single-row mode");
-    Measurement single = LibpqSingleRowStream(flags, conn->get());
-    Progress("PostgreSQL stream: libpq whole result");
-    Measurement whole = LibpqWholeResult(flags, conn->get());
-    broker_row("12. broker PostgreSQL stream 1M rows x 4 cols", pg,
-               {{"libpq single-row", single}, {"libpq whole result", whole}});
-    direct_row("12. libpq straight, single-row mode, same query", single,
-               "PQsetSingleRowMode, values parsed from text");
-    direct_row("12. libpq straight, whole result (PQexecParams)", whole,
-               "all rows in one PGresult, values parsed from text");
+    for (int columns : {4, 3}) {
+      const std::string shape = absl::StrCat(columns, " cols");
+      Progress(absl::StrCat("PostgreSQL stream, ", shape,
+                            ": libpq single-row mode"));
+      Measurement single = LibpqSingleRowStream(flags, conn->get(), columns);
+      Progress(
+          absl::StrCat("PostgreSQL stream, ", shape, ": libpq whole result"));
+      Measurement whole = LibpqWholeResult(flags, conn->get(), columns);
+      broker_row(absl::StrCat("12. broker PostgreSQL stream 1M rows x ", shape),
+                 pg, columns,
+                 {{"libpq single-row", single}, {"libpq whole result", whole}});
+      direct_row(absl::StrCat("12. libpq straight, single-row mode, ", shape),
+                 single, columns,
+                 "PQsetSingleRowMode, values parsed from text");
+      direct_row(
+          absl::StrCat("12. libpq straight, whole result (PQexecParams), ",
+                       shape),
+          whole, columns, "all rows in one PGresult, values parsed from text");
+    }
   }
   if (ctx.servers.has_mysql()) {
     absl::StatusOr<MyConn> conn = ConnectMysql(ctx.servers);
     if (!conn.ok()) Die(conn.status().ToString());
-    Progress("MariaDB stream: mysql_use_result");
-    Measurement text = MysqlUseResultStream(flags, conn->get());
-    Progress("MariaDB stream: prepared statement, unbuffered");
-    Measurement binary = MysqlStatementStream(flags, *conn);
-    broker_row("13. broker MariaDB stream 1M rows x 4 cols", maria,
-               {{"mysql_use_result", text}, {"mysql_stmt", binary}});
-    direct_row("13. libmariadb straight, mysql_use_result, same query", text,
-               "text protocol, values parsed");
-    direct_row("13. libmariadb straight, mysql_stmt unbuffered", binary,
-               "binary protocol, prepared, no store_result");
+    for (int columns : {4, 3}) {
+      const std::string shape = absl::StrCat(columns, " cols");
+      Progress(absl::StrCat("MariaDB stream, ", shape, ": mysql_use_result"));
+      Measurement text = MysqlUseResultStream(flags, conn->get(), columns);
+      Progress(absl::StrCat("MariaDB stream, ", shape,
+                            ": prepared statement, unbuffered"));
+      Measurement binary = MysqlStatementStream(flags, *conn, columns);
+      broker_row(absl::StrCat("13. broker MariaDB stream 1M rows x ", shape),
+                 maria, columns,
+                 {{"mysql_use_result", text}, {"mysql_stmt", binary}});
+      direct_row(
+          absl::StrCat("13. libmariadb straight, mysql_use_result, ", shape),
+          text, columns, "text protocol, values parsed");
+      direct_row(absl::StrCat(
+                     "13. libmariadb straight, mysql_stmt unbuffered, ", shape),
+                 binary, columns, "binary protocol, prepared, no store_result");
+    }
   }
 }
 
@@ -2397,7 +2448,10 @@ int RunParent(const Flags& flags) {
   if (Selected(flags, "sqlite")) SqliteRows(ctx, *conn);
   if (Selected(flags, "pg") && servers.has_pg()) PostgresRows(ctx, pg);
   if (Selected(flags, "mariadb") && servers.has_mysql()) MariaRows(ctx, maria);
-  if (Selected(flags, "stream")) NetStreamRows(ctx, pg, maria);
+  if (Selected(flags, "stream")) {
+    if (!Selected(flags, "sqlite")) SqliteStreamRows(ctx, *conn);
+    NetStreamRows(ctx, pg, maria);
+  }
   if (Selected(flags, "rss") && servers.has_pg()) RssRow(ctx, pg);
   if (Selected(flags, "neighbour") && servers.has_pg()) NeighbourRows(ctx);
   if (Selected(flags, "session")) SessionRows(ctx, pg);

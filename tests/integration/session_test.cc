@@ -211,6 +211,43 @@ TEST_F(SessionStreamTest, OneShotCallsKeepWorkingBesideAnOpenTransaction) {
   EXPECT_NE(after.out.find("1"), std::string::npos) << after.out;
 }
 
+TEST_F(SessionStreamTest,
+       SessionsPastMaxSessionsAreRefusedAndOneShotCallsStillWork) {
+  std::string toml = dir_.Write("broker.toml", "[limits]\nmax_sessions = 2\n");
+  std::unique_ptr<Daemon> daemon = Daemon::Start(
+      {.secrets_files = {secrets_}, .extra_args = {"--config", toml}});
+  ASSERT_NE(daemon, nullptr);
+  v1::SessionRequest open;
+  open.mutable_open();
+  SessionStream first(daemon->target());
+  SessionStream second(daemon->target());
+  // Answered: both streams are open on the daemon now.
+  ASSERT_EQ(ErrorOf(first.Call(1, open)), "");
+  ASSERT_EQ(ErrorOf(second.Call(1, open)), "");
+  SessionStream third(daemon->target());
+  std::vector<v1::SessionResponse> refused = third.Call(1, open);
+  EXPECT_TRUE(refused.empty());
+  grpc::Status status = third.Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(status.error_message().find("limits.max_sessions"),
+            std::string::npos)
+      << status.error_message();
+  ProcessResult one_shot = daemon->Cli({"query", "app", "SELECT 1"});
+  EXPECT_EQ(one_shot.exit_code, 0) << one_shot.err;
+  // A stream that ends makes room.
+  first.WritesDone();
+  EXPECT_TRUE(first.Finish().ok());
+  const absl::Time bound = absl::Now() + absl::Seconds(20);
+  std::vector<v1::SessionResponse> opened;
+  while (absl::Now() < bound) {
+    SessionStream again(daemon->target());
+    opened = again.Call(1, open);
+    if (!opened.empty()) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(ErrorOf(opened), "");
+}
+
 // ---------------------------------------------------------------------------
 // Transactions on every database.
 
@@ -492,6 +529,41 @@ TEST_P(SessionTransactionTest, ABrokenBackendEndsTheTransactionWithoutARetry) {
   EXPECT_EQ(ErrorOf(stream.Call(6, Rollback())), "");
   EXPECT_EQ(ErrorOf(stream.Call(7, ExecuteOn("db", Insert(4)))), "");
   EXPECT_EQ(RowsSeenElsewhere(), 1);
+  EXPECT_EQ(WaitForTransactionsOpen(0), 0);
+}
+
+TEST_P(SessionTransactionTest, BeginOptionsReachTheDatabase) {
+  SessionStream stream(daemon_->target());
+  v1::SessionRequest read_only = Begin("db");
+  read_only.mutable_begin()->set_read_only(true);
+  read_only.mutable_begin()->set_isolation(v1::BeginRequest::SERIALIZABLE);
+  ASSERT_EQ(ErrorOf(stream.Call(1, read_only)), "");
+  if (GetParam() == "postgresql") {
+    std::vector<v1::SessionResponse> isolation =
+        stream.Call(3, QueryOn("db", "SHOW transaction_isolation"));
+    ASSERT_FALSE(isolation.empty());
+    ASSERT_TRUE(isolation.back().has_batch()) << ErrorOf(isolation);
+    EXPECT_EQ(isolation.back().batch().columns(0).texts().values(0),
+              "serializable");
+  }
+  // The database itself refuses a write in a read-only transaction.
+  std::vector<v1::SessionResponse> write =
+      stream.Call(2, ExecuteOn("db", Insert(1)));
+  EXPECT_NE(CodeOf(write), 0) << "a write ran in a read-only transaction";
+  ASSERT_EQ(ErrorOf(stream.Call(4, Rollback())), "");
+  EXPECT_EQ(RowsSeenElsewhere(), 0);
+  v1::SessionRequest deferrable = Begin("db");
+  deferrable.mutable_begin()->set_deferrable(true);
+  deferrable.mutable_begin()->set_read_only(true);
+  deferrable.mutable_begin()->set_isolation(v1::BeginRequest::SERIALIZABLE);
+  std::vector<v1::SessionResponse> deferred = stream.Call(5, deferrable);
+  if (GetParam() == "postgresql") {
+    EXPECT_EQ(ErrorOf(deferred), "");
+    EXPECT_EQ(ErrorOf(stream.Call(6, Commit())), "");
+  } else {
+    EXPECT_EQ(CodeOf(deferred), grpc::StatusCode::INVALID_ARGUMENT)
+        << ErrorOf(deferred);
+  }
   EXPECT_EQ(WaitForTransactionsOpen(0), 0);
 }
 

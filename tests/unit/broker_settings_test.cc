@@ -405,5 +405,43 @@ TEST_F(BrokerSettingsTest, AccessMistakesAreNamed) {
   }
 }
 
+TEST_F(BrokerSettingsTest, TransactionIdleTimeoutsDefaultAndPerSection) {
+  absl::StatusOr<BrokerSettings> defaults = LoadBrokerSettings(Write(""));
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->IdleInTransactionTimeout("any"), absl::Seconds(60));
+  EXPECT_EQ(defaults->limits.max_sessions, 1024);
+  EXPECT_EQ(defaults->limits.max_pipelined_requests, 64);
+
+  absl::StatusOr<BrokerSettings> s = LoadBrokerSettings(Write(R"(
+[transactions]
+idle_timeout = "2m"
+[transactions.analytics]
+idle_timeout = 5
+[limits]
+max_sessions = 10
+max_pipelined_requests = 8
+)"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->IdleInTransactionTimeout("analytics"), absl::Seconds(5));
+  EXPECT_EQ(s->IdleInTransactionTimeout("other"), absl::Minutes(2));
+  EXPECT_EQ(s->limits.max_sessions, 10);
+  EXPECT_EQ(s->limits.max_pipelined_requests, 8);
+}
+
+TEST_F(BrokerSettingsTest, TransactionMistakesAreNamed) {
+  absl::StatusOr<BrokerSettings> zero =
+      LoadBrokerSettings(Write("[transactions]\nidle_timeout = 0\n"));
+  ASSERT_FALSE(zero.ok());
+  EXPECT_THAT(zero.status().message(), HasSubstr("transactions.idle_timeout"));
+  EXPECT_THAT(zero.status().message(), HasSubstr("between 1s and 24h"));
+  absl::StatusOr<BrokerSettings> unknown =
+      LoadBrokerSettings(Write("[transactions]\nidle = \"1m\"\n"));
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_THAT(unknown.status().message(), HasSubstr("transactions.idle"));
+  absl::StatusOr<BrokerSettings> pipelined =
+      LoadBrokerSettings(Write("[limits]\nmax_pipelined_requests = 0\n"));
+  EXPECT_FALSE(pipelined.ok());
+}
+
 }  // namespace
 }  // namespace connbroker::config

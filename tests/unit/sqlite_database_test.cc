@@ -180,6 +180,32 @@ TEST_F(SqliteDatabaseTest, MixedStorageClassesTravelAsValues) {
   EXPECT_EQ(batched->schema.columns(0).kind(), v1::VALUE_KIND_INT64);
 }
 
+// A stream reuses one RowBatch for every Next(), which keeps the previous
+// batch's vectors for their memory: each batch must still hold exactly its
+// own rows, as a fresh one would, whatever kinds came before.
+TEST_F(SqliteDatabaseTest, AReusedBatchHoldsOnlyItsOwnRows) {
+  std::unique_ptr<Database> db = OpenFile();
+  ASSERT_NE(db, nullptr);
+  Exec(*db, "CREATE TABLE r(v, w)");
+  Exec(*db,
+       "INSERT INTO r VALUES (1, 'x'), (2, 'y'), ('a', NULL), ('b', 'z'), "
+       "(NULL, NULL), (NULL, NULL), (2.5, 'long enough to leave SSO'), "
+       "(x'01', 'w'), ('c', NULL), (3, 'v'), (4, 'u')");
+  constexpr char kSql[] = "SELECT v, w FROM r ORDER BY rowid";
+  absl::StatusOr<Result> fresh = RunQuery(*db, kSql, {}, /*max_rows=*/2);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  ASSERT_EQ(fresh->batches.size(), 6u);
+
+  absl::StatusOr<std::unique_ptr<ResultCursor>> cursor = QueryNow(*db, kSql);
+  ASSERT_TRUE(cursor.ok()) << cursor.status();
+  v1::RowBatch reused;
+  for (const v1::RowBatch& want : fresh->batches) {
+    absl::StatusOr<bool> more = (*cursor)->Next(2, 1 << 20, &reused);
+    ASSERT_TRUE(more.ok()) << more.status();
+    EXPECT_EQ(reused.DebugString(), want.DebugString());
+  }
+}
+
 TEST_F(SqliteDatabaseTest, InvalidUtf8TextTravelsAsBlob) {
   std::unique_ptr<Database> db = OpenFile();
   ASSERT_NE(db, nullptr);

@@ -140,7 +140,7 @@ struct BrokerSettings {
   PoolSettings pool;
 
   int worker_threads = 16;        // database work runs here
-  int default_chunk_rows = 1024;  // rows per batch when a query says 0
+  int default_chunk_rows = 8192;  // rows per batch when a query says 0
   int64_t batch_bytes = 1 << 20;  // cut batches at about this size
   int max_attempts = 3;           // tries of a query on a broken backend
   int64_t result_cache_bytes = 256ll << 20;       // all cached results
