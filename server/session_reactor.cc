@@ -173,10 +173,16 @@ void SessionReactor::HandleCancel(uint64_t id, bool timed_out) {
   // The running request: interrupt its statement or its wait. Under run_mu_
   // so that the run is not destroyed meanwhile; what the cancel calls back
   // (a waiting run's resume) only queues work.
-  absl::MutexLock lock(&run_mu_);
-  if (timed_out) timed_out_ = true;
-  if (cancellable_run_ != nullptr) cancellable_run_->Cancel();
-  if (signal_ != nullptr) signal_->Cancel();
+  std::shared_ptr<CancelSignal> signal;
+  {
+    absl::MutexLock lock(&run_mu_);
+    if (signal_id_ != id) return;  // it ended meanwhile
+    if (timed_out) timed_out_ = true;
+    if (cancellable_run_ != nullptr) cancellable_run_->Cancel();
+    signal = signal_;
+  }
+  // Outside run_mu_: a wait it removes answers at once, which writes.
+  if (signal != nullptr) signal->Cancel();
 }
 
 void SessionReactor::Pump() {
@@ -188,6 +194,11 @@ void SessionReactor::Pump() {
     queue_.pop_front();
     running_id_ = current_->id();
     ++activity_;
+    // Its cancel signal exists from the moment a cancel can name it.
+    absl::MutexLock run_lock(&run_mu_);
+    signal_ = std::make_shared<CancelSignal>();
+    signal_id_ = running_id_;
+    timed_out_ = false;
   }
   workers_->Submit([this] { Run(); });
 }
@@ -214,11 +225,13 @@ void SessionReactor::OnCancel() {
     }
     queue_.clear();
   }
+  std::shared_ptr<CancelSignal> signal;
   {
     absl::MutexLock lock(&run_mu_);
     if (cancellable_run_ != nullptr) cancellable_run_->Cancel();
-    if (signal_ != nullptr) signal_->Cancel();
+    signal = signal_;
   }
+  if (signal != nullptr) signal->Cancel();
   MaybeFinish();
 }
 
@@ -236,11 +249,6 @@ void SessionReactor::Run() {
   {
     absl::MutexLock lock(&mu_);
     cancelled = cancelled_ids_.erase(id) > 0;
-  }
-  {
-    absl::MutexLock lock(&run_mu_);
-    signal_ = std::make_unique<CancelSignal>();
-    timed_out_ = false;
   }
   txn_changed_ = false;
   if (cancelled) {
@@ -344,6 +352,7 @@ void SessionReactor::Complete() {
   {
     absl::MutexLock lock(&run_mu_);
     signal_.reset();
+    signal_id_ = 0;
     cancellable_run_ = nullptr;
   }
   current_.reset();

@@ -172,7 +172,10 @@ class SessionReactor final
   // Guards the running request's cancellation against its end.
   absl::Mutex run_mu_;
   QueryRun* cancellable_run_ ABSL_GUARDED_BY(run_mu_) = nullptr;
-  std::unique_ptr<CancelSignal> signal_ ABSL_GUARDED_BY(run_mu_);
+  // Shared: a cancel fires it outside run_mu_ (what it interrupts may
+  // answer at once, taking mu_).
+  std::shared_ptr<CancelSignal> signal_ ABSL_GUARDED_BY(run_mu_);
+  uint64_t signal_id_ ABSL_GUARDED_BY(run_mu_) = 0;  // whose signal_ it is
   bool timed_out_ ABSL_GUARDED_BY(run_mu_) = false;
 
   absl::Mutex mu_;

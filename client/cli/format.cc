@@ -772,4 +772,191 @@ void WriteStats(Format format, const v1::GetStatsResponse& stats,
   WriteTable({"stat", "value"}, rows, {}, out);
 }
 
+// ---------------------------------------------------------------------------
+// The shell's SQL
+
+namespace {
+
+// The lexer's states between characters.
+enum LexState {
+  kCode,
+  kSingleQuote,
+  kDoubleQuote,
+  kBacktick,
+  kLineComment,
+  kBlockComment,
+  kDollarQuote,
+};
+
+bool IsWordChar(char c) {
+  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_';
+}
+
+// Lexes the character at text[i] from `state` (with `tag`, in a dollar
+// quote). Returns how many characters the token took, and sets `code` when
+// the character is SQL proper (outside quotes and comments).
+size_t LexStep(absl::string_view text, size_t i, int& state, std::string& tag,
+               bool& code) {
+  const char c = text[i];
+  const char next = i + 1 < text.size() ? text[i + 1] : '\0';
+  code = false;
+  switch (state) {
+    case kCode:
+      if (c == '\'') {
+        state = kSingleQuote;
+      } else if (c == '"') {
+        state = kDoubleQuote;
+      } else if (c == '`') {
+        state = kBacktick;
+      } else if (c == '-' && next == '-') {
+        state = kLineComment;
+        return 2;
+      } else if (c == '/' && next == '*') {
+        state = kBlockComment;
+        return 2;
+      } else if (c == '$' && (i == 0 || !IsWordChar(text[i - 1]))) {
+        // $$ or $tag$ opens a dollar quote; $1 (a parameter) does not.
+        size_t end = i + 1;
+        while (end < text.size() && IsWordChar(text[end]) &&
+               !absl::ascii_isdigit(static_cast<unsigned char>(text[i + 1]))) {
+          ++end;
+        }
+        if (end < text.size() && text[end] == '$') {
+          tag = std::string(text.substr(i, end + 1 - i));
+          state = kDollarQuote;
+          return tag.size();
+        }
+        code = true;
+      } else {
+        code = true;
+      }
+      return 1;
+    case kSingleQuote:
+      if (c == '\'') state = kCode;  // '' reopens at once: same effect
+      return 1;
+    case kDoubleQuote:
+      if (c == '"') state = kCode;
+      return 1;
+    case kBacktick:
+      if (c == '`') state = kCode;
+      return 1;
+    case kLineComment:
+      if (c == '\n') state = kCode;
+      return 1;
+    case kBlockComment:
+      if (c == '*' && next == '/') {
+        state = kCode;
+        return 2;
+      }
+      return 1;
+    case kDollarQuote:
+      if (absl::StartsWith(text.substr(i), tag)) {
+        state = kCode;
+        return tag.size();
+      }
+      return 1;
+  }
+  return 1;
+}
+
+// The words of `sql` outside quotes and comments, upper-cased, in order;
+// `(` counts as a word so the caller can skip it.
+std::vector<std::string> CodeWords(absl::string_view sql) {
+  std::vector<std::string> words;
+  int state = kCode;
+  std::string tag;
+  std::string word;
+  auto flush = [&] {
+    if (!word.empty()) words.push_back(absl::AsciiStrToUpper(word));
+    word.clear();
+  };
+  for (size_t i = 0; i < sql.size();) {
+    bool code = false;
+    const size_t n = LexStep(sql, i, state, tag, code);
+    if (code && IsWordChar(sql[i])) {
+      word.push_back(sql[i]);
+    } else {
+      flush();
+      if (code && sql[i] == '(') words.push_back("(");
+    }
+    i += n;
+  }
+  flush();
+  return words;
+}
+
+bool IsBlankSql(absl::string_view sql) {
+  int state = kCode;
+  std::string tag;
+  for (size_t i = 0; i < sql.size();) {
+    bool code = false;
+    const size_t n = LexStep(sql, i, state, tag, code);
+    if (state != kCode && state != kLineComment && state != kBlockComment) {
+      return false;  // a quote opened
+    }
+    if (code && !absl::ascii_isspace(static_cast<unsigned char>(sql[i]))) {
+      return false;
+    }
+    i += n;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::vector<std::string> StatementSplitter::Feed(absl::string_view text) {
+  buffer_.append(text.data(), text.size());
+  std::vector<std::string> statements;
+  size_t start = 0;
+  size_t i = scanned_;
+  while (i < buffer_.size()) {
+    bool code = false;
+    const size_t n = LexStep(buffer_, i, state_, tag_, code);
+    if (code && buffer_[i] == ';') {
+      absl::string_view statement(buffer_.data() + start, i - start);
+      if (!IsBlankSql(statement)) {
+        statements.emplace_back(absl::StripAsciiWhitespace(statement));
+      }
+      start = i + 1;
+    }
+    i += n;
+  }
+  buffer_.erase(0, start);
+  scanned_ = buffer_.size();
+  return statements;
+}
+
+bool StatementSplitter::pending() const {
+  return state_ != kCode || !IsBlankSql(buffer_);
+}
+
+std::string StatementSplitter::TakeRest() {
+  std::string rest = IsBlankSql(buffer_) && state_ == kCode
+                         ? std::string()
+                         : std::string(absl::StripAsciiWhitespace(buffer_));
+  buffer_.clear();
+  scanned_ = 0;
+  state_ = kCode;
+  tag_.clear();
+  return rest;
+}
+
+bool ReturnsRows(absl::string_view sql) {
+  static const char* const kRowKeywords[] = {"SELECT", "WITH",     "VALUES",
+                                             "SHOW",   "PRAGMA",   "EXPLAIN",
+                                             "TABLE",  "DESCRIBE", "DESC"};
+  const std::vector<std::string> words = CodeWords(sql);
+  for (const std::string& word : words) {
+    if (word == "(") continue;
+    bool rows = false;
+    for (const char* keyword : kRowKeywords) rows = rows || word == keyword;
+    if (rows) return true;
+    break;  // the first keyword decides, unless RETURNING follows
+  }
+  for (const std::string& word : words) {
+    if (word == "RETURNING") return true;
+  }
+  return false;
+}
+
 }  // namespace connbroker::cli

@@ -100,6 +100,34 @@ void WriteConnections(Format format, const v1::ListConnectionsResponse& list,
 void WriteStats(Format format, const v1::GetStatsResponse& stats,
                 std::ostream& out);
 
+// Splits the SQL that `connbroker shell` reads into statements: each ends at
+// a `;` outside quotes ('...', "...", `...`), dollar quotes ($$...$$,
+// $tag$...$tag$) and comments (-- to the end of the line, /* ... */).
+// Backslashes are plain characters, as in standard SQL. Text may be fed in
+// pieces (lines); a statement cut between them waits for the rest.
+class StatementSplitter {
+ public:
+  // Appends `text`; returns the statements it completed, without their `;`
+  // and trimmed, skipping those that hold only blanks and comments.
+  std::vector<std::string> Feed(absl::string_view text);
+  // True while an unfinished statement is buffered (a continuation is due).
+  bool pending() const;
+  // At the end of input: the unfinished statement (trimmed), or empty.
+  std::string TakeRest();
+
+ private:
+  std::string buffer_;
+  size_t scanned_ = 0;  // buffer_ is lexed up to here
+  int state_ = 0;       // the lexer's state at scanned_
+  std::string tag_;     // the dollar quote's tag, in a dollar quote
+};
+
+// Whether the shell sends `sql` as a query, for the rows it returns: its
+// first keyword (past blanks, comments and opening parentheses) is SELECT,
+// WITH, VALUES, SHOW, PRAGMA, EXPLAIN, TABLE, DESCRIBE or DESC, or it says
+// RETURNING outside quotes and comments. Otherwise it is executed.
+bool ReturnsRows(absl::string_view sql);
+
 }  // namespace connbroker::cli
 
 #endif  // CONNBROKER_CLIENT_CLI_FORMAT_H_

@@ -1,5 +1,6 @@
 // The `connbroker` command: runs the daemon (serve) or talks to it through
-// the C++ client (query, execute, connect, connections, stats, reset).
+// the C++ client (query, execute, shell, connect, connections, stats,
+// reset).
 //
 // Exit status: 0 ok, 1 an error from the daemon (or the transport), printed
 // as "connbroker: <CODE>: <message>", 2 a usage error.
@@ -35,6 +36,7 @@ commands:
   serve [daemon args...]   run the daemon, connbrokerd, in the foreground
   query NAME SQL           run a statement that returns rows and print them
   execute NAME SQL         run a statement for its effect
+  shell NAME               an interactive SQL prompt on one session: see below
   connect NAME             get or create the shared connection; print its handle
   connections              list the daemon's connections (global ones and
                            this session's; --all-sessions: every session's)
@@ -45,7 +47,17 @@ commands:
    printed by `connect`, usable from any process)
   help                     print this text
 
-connection flags (query, execute, connect, reset NAME):
+shell: statements end with ';' and may span lines (a ';' inside quotes or
+  comments does not count). Those whose first keyword returns rows (SELECT,
+  WITH, VALUES, SHOW, PRAGMA, EXPLAIN, TABLE, DESCRIBE/DESC, or any with
+  RETURNING) print their rows in --format; others print "OK, N rows
+  affected". BEGIN ... COMMIT / ROLLBACK work across statements (the prompt
+  shows NAME*> while a transaction is open); leaving the shell rolls back an
+  open one. An error is printed and the shell goes on. \q or end of input
+  quits. Reading a pipe (no prompt), the exit status is 1 if any statement
+  failed.
+
+connection flags (query, execute, shell, connect, reset NAME):
   --type T             connection type (sql, ...); default: the secrets
                        section's type, or NAME when it is a type
   --kwarg k=V          a connection parameter; wins over the secrets section
@@ -58,7 +70,8 @@ statement flags (query, execute):
   --ttl DUR            (query) cache the result this long
   --chunk-rows N       (query) rows per batch; 0: the daemon's default
 common flags:
-  --format F           table (default), csv (query, execute only) or json
+  --format F           table (default), csv (query, execute, shell only) or
+                       json
   --target T           the daemon: unix:/path or host:port; default
                        $CONNBROKER_TARGET, else
                        unix:${XDG_RUNTIME_DIR:-/tmp/connbroker-$UID}/connbroker.sock
@@ -527,6 +540,86 @@ int RunReset(const std::vector<std::string>& argv) {
   return 0;
 }
 
+// Runs one statement of the shell; false when it failed (the error is
+// printed).
+bool RunShellStatement(Session& session, const Connection& connection,
+                       const std::string& sql, Format format) {
+  absl::Status status;
+  if (ReturnsRows(sql)) {
+    std::unique_ptr<ResultWriter> writer = MakeResultWriter(format, std::cout);
+    absl::StatusOr<QuerySummary> summary =
+        session.QueryBatches(connection, sql, {}, [&](const Result& batch) {
+          writer->OnBatch(batch);
+          if (!std::cout) return absl::CancelledError("standard output closed");
+          return absl::OkStatus();
+        });
+    if (summary.ok()) writer->Finish(*summary);
+    status = summary.status();
+  } else {
+    absl::StatusOr<ExecuteResult> result = session.Execute(connection, sql);
+    if (result.ok()) {
+      if (format == Format::kTable) {
+        std::cout << "OK, " << result->rows_affected
+                  << (result->rows_affected == 1 ? " row" : " rows")
+                  << " affected\n";
+      } else {
+        WriteExecute(format, *result, std::cout);
+      }
+    }
+    status = result.status();
+  }
+  if (!status.ok()) Failure(status);
+  // The daemon rolled the transaction back on its own while we waited.
+  if (absl::Status notice = session.TakeNotice(); !notice.ok()) {
+    Failure(notice);
+  }
+  std::cout.flush();
+  return status.ok();
+}
+
+int RunShell(const std::vector<std::string>& argv) {
+  int code = 0;
+  std::optional<Prepared> p = Prepare(
+      argv, {.synopsis = "shell NAME [flags]", .csv_allowed = true}, &code);
+  if (!p) return code;
+  absl::StatusOr<Connection> conn = p->Open();
+  if (!conn.ok()) return Failure(conn.status());
+
+  const bool interactive = isatty(STDIN_FILENO) != 0;
+  const std::string& name = p->connect.name;
+  Session session = p->client->OpenSession();
+  StatementSplitter splitter;
+  int failures = 0;
+  auto run = [&](const std::string& sql) {
+    if (!RunShellStatement(session, *conn, sql, p->format)) ++failures;
+    if (session.broken()) {
+      // The daemon went away (or restarted): go on with a new stream. Its
+      // transaction, if one was open, is gone: the daemon rolled it back.
+      std::cerr << "connbroker: the session ended; a new one is opened "
+                   "(a transaction left open was rolled back)\n";
+      session = p->client->OpenSession();
+    }
+  };
+  std::string line;
+  for (;;) {
+    if (interactive) {
+      std::cout << name << (session.transaction_open() ? "*" : "")
+                << (splitter.pending() ? "-> " : "> ");
+      std::cout.flush();
+    }
+    if (!std::getline(std::cin, line)) break;
+    if (!splitter.pending() && absl::StripAsciiWhitespace(line) == "\\q") {
+      break;
+    }
+    line.push_back('\n');
+    for (const std::string& sql : splitter.Feed(line)) run(sql);
+  }
+  // A last statement without its ';'.
+  if (std::string rest = splitter.TakeRest(); !rest.empty()) run(rest);
+  if (interactive) std::cout << "\n";
+  return failures > 0 && !interactive ? 1 : 0;
+}
+
 // The directory of this executable, from /proc/self/exe.
 std::string ExecutableDir() {
   char buf[4096];
@@ -575,6 +668,7 @@ int Main(int argc, char** argv) {
   if (command == "serve") return RunServe(rest);
   if (command == "query") return RunQuery(rest);
   if (command == "execute") return RunExecute(rest);
+  if (command == "shell") return RunShell(rest);
   if (command == "connect") return RunConnect(rest);
   if (command == "connections") return RunConnections(rest);
   if (command == "stats") return RunStats(rest);

@@ -1,6 +1,7 @@
 // Integration tests through the C++ client library (this process is the
 // client) against a real connbrokerd: handle recovery across a daemon
-// restart, session scope, typed values, deadlines and streaming.
+// restart, session scope, typed values, deadlines and streaming. Each test
+// runs twice: calls over kept Session streams, and one-shot calls.
 #include <memory>
 #include <string>
 #include <variant>
@@ -18,7 +19,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-class ClientLibraryTest : public ::testing::Test {
+class ClientLibraryTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
     secrets_ = data_.Write(
@@ -35,7 +36,9 @@ class ClientLibraryTest : public ::testing::Test {
 
   std::unique_ptr<Client> NewClient(const std::string& session) {
     absl::StatusOr<std::unique_ptr<Client>> client =
-        Client::Create({.target = daemon_->target(), .session_id = session});
+        Client::Create({.target = daemon_->target(),
+                        .session_id = session,
+                        .use_sessions = GetParam()});
     EXPECT_TRUE(client.ok()) << client.status();
     return client.ok() ? *std::move(client) : nullptr;
   }
@@ -46,7 +49,7 @@ class ClientLibraryTest : public ::testing::Test {
   std::unique_ptr<Client> client_;
 };
 
-TEST_F(ClientLibraryTest, HandleSurvivesADaemonRestart) {
+TEST_P(ClientLibraryTest, HandleSurvivesADaemonRestart) {
   absl::StatusOr<Connection> connection = client_->Connect({.name = "app"});
   ASSERT_TRUE(connection.ok()) << connection.status();
   ASSERT_TRUE(connection->Execute("CREATE TABLE r (v INTEGER)").ok());
@@ -72,7 +75,7 @@ TEST_F(ClientLibraryTest, HandleSurvivesADaemonRestart) {
   (void)old_handle;
 }
 
-TEST_F(ClientLibraryTest, AChangedSectionSendsItsClientsToTheNewDatabase) {
+TEST_P(ClientLibraryTest, AChangedSectionSendsItsClientsToTheNewDatabase) {
   absl::StatusOr<Connection> app = client_->Connect({.name = "app"});
   absl::StatusOr<Connection> other = client_->Connect({.name = "private"});
   ASSERT_TRUE(app.ok() && other.ok());
@@ -116,7 +119,7 @@ TEST_F(ClientLibraryTest, AChangedSectionSendsItsClientsToTheNewDatabase) {
   EXPECT_EQ(other->handle(), other_handle);
 }
 
-TEST_F(ClientLibraryTest, SessionScopedConnectionsArePrivate) {
+TEST_P(ClientLibraryTest, SessionScopedConnectionsArePrivate) {
   std::unique_ptr<Client> alice = NewClient("alice");
   std::unique_ptr<Client> bob = NewClient("bob");
   absl::StatusOr<Connection> a1 = alice->Connect({.name = "private"});
@@ -140,7 +143,7 @@ TEST_F(ClientLibraryTest, SessionScopedConnectionsArePrivate) {
   EXPECT_EQ(ga->handle(), gb->handle());
 }
 
-TEST_F(ClientLibraryTest, TypedValuesRoundTrip) {
+TEST_P(ClientLibraryTest, TypedValuesRoundTrip) {
   absl::StatusOr<Connection> db = client_->Connect({.name = "app"});
   ASSERT_TRUE(db.ok()) << db.status();
   ASSERT_TRUE(db->Execute("CREATE TABLE v (i INTEGER, d REAL, t TEXT, "
@@ -173,7 +176,7 @@ TEST_F(ClientLibraryTest, TypedValuesRoundTrip) {
   EXPECT_EQ(result->column(5).kind, ValueKind::kMixed);
 }
 
-TEST_F(ClientLibraryTest, LargeResultsStreamInBatches) {
+TEST_P(ClientLibraryTest, LargeResultsStreamInBatches) {
   absl::StatusOr<Connection> db = client_->Connect({.name = "app"});
   ASSERT_TRUE(db.ok()) << db.status();
   int batches = 0;
@@ -200,7 +203,7 @@ TEST_F(ClientLibraryTest, LargeResultsStreamInBatches) {
   EXPECT_EQ(batches, (100000 + 4095) / 4096);
 }
 
-TEST_F(ClientLibraryTest, DeadlineInterruptsTheDatabaseAndFreesTheBackend) {
+TEST_P(ClientLibraryTest, DeadlineInterruptsTheDatabaseAndFreesTheBackend) {
   absl::StatusOr<Connection> db = client_->Connect({.name = "app"});
   ASSERT_TRUE(db.ok()) << db.status();
   absl::StatusOr<Result> endless = db->Query(
@@ -226,6 +229,11 @@ TEST_F(ClientLibraryTest, DeadlineInterruptsTheDatabaseAndFreesTheBackend) {
   }
   EXPECT_EQ(in_use, 0) << "the interrupted query kept its backend";
 }
+
+INSTANTIATE_TEST_SUITE_P(Paths, ClientLibraryTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "Sessions" : "OneShot";
+                         });
 
 }  // namespace
 }  // namespace connbroker::testing

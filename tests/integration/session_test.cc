@@ -504,10 +504,12 @@ TEST_P(SessionTransactionTest, AnIdleTransactionIsRolledBackAndTheClientTold) {
   EXPECT_EQ(stats->idle_transactions_rolled_back(), 1);
 }
 
-TEST_P(SessionTransactionTest, ABrokenBackendEndsTheTransactionWithoutARetry) {
-  if (target_.terminate_sql.empty()) {
-    GTEST_SKIP() << "SQLite has no server whose backend could be killed";
-  }
+// A database server whose backends can be killed from its side (SQLite's
+// live in the daemon).
+using ServerSessionTransactionTest = SessionTransactionTest;
+
+TEST_P(ServerSessionTransactionTest,
+       ABrokenBackendEndsTheTransactionWithoutARetry) {
   SessionStream stream(daemon_->target());
   ASSERT_EQ(ErrorOf(stream.Call(1, Begin("db"))), "");
   ASSERT_EQ(ErrorOf(stream.Call(2, ExecuteOn("db", Insert(1)))), "");
@@ -569,6 +571,10 @@ TEST_P(SessionTransactionTest, BeginOptionsReachTheDatabase) {
 
 INSTANTIATE_TEST_SUITE_P(Databases, SessionTransactionTest,
                          ::testing::Values("sqlite", "postgresql", "mariadb"),
+                         [](const auto& info) { return info.param; });
+
+INSTANTIATE_TEST_SUITE_P(Servers, ServerSessionTransactionTest,
+                         ::testing::Values("postgresql", "mariadb"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace
