@@ -7,7 +7,8 @@
 //   connbroker_bench --target unix:/tmp/x/b.sock --db /tmp/x/bench.db
 //                    [--connection bench] [--seconds 3] [--clients 8]
 //                    [--daemon-pid PID]   # CPU per call, RSS while streaming
-//                    [--only sqlite,pg,mariadb,stream,rss,neighbour]
+//                    [--cli PATH]   # the connbroker command (session group)
+//                    [--only sqlite,pg,mariadb,stream,rss,neighbour,session]
 //
 // The network databases come from the environment tests/servers/
 // db-servers.sh writes to its env.sh (CONNBROKER_TEST_PG_{HOST,PORT,USER,
@@ -39,11 +40,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -60,14 +63,23 @@
 #include <vector>
 
 #include "SQLiteCpp/SQLiteCpp.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "connbroker/client.h"
 #include "connbroker/result.h"
+#include "connbroker/v1/service.grpc.pb.h"
+#include "connbroker/v1/session.pb.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
 
 extern char** environ;
 
@@ -97,6 +109,8 @@ constexpr int kWarmupCalls = 20;
 // The busy neighbour: this many callers of a 50 ms statement on a
 // connection with one backend, so 63 of them always wait in its queue.
 constexpr int kNeighbourCallers = 64;
+// Requests the pipelined bare Session client keeps in flight on its stream.
+constexpr int kPipelineDepth = 16;
 
 constexpr char kPointSql[] = "SELECT * FROM items WHERE id = ?";
 constexpr char kStreamSql[] = "SELECT a, b, c FROM big";
@@ -134,6 +148,9 @@ struct Flags {
   int daemon_pid = 0;
   // Groups of rows to run; empty: all.
   std::set<std::string> only;
+  // The `connbroker` command, for the process-per-request rows; empty: next
+  // to this program in the build tree (../../client/connbroker).
+  std::string cli;
   // Worker processes only.
   std::string worker_mode;
   std::string out;
@@ -151,7 +168,7 @@ void Progress(const std::string& message) {
 
 const std::set<std::string>& Groups() {
   static const auto* groups = new std::set<std::string>{
-      "sqlite", "pg", "mariadb", "stream", "rss", "neighbour"};
+      "sqlite", "pg", "mariadb", "stream", "rss", "neighbour", "session"};
   return *groups;
 }
 
@@ -175,6 +192,8 @@ Flags ParseFlags(int argc, char** argv) {
       flags.many_clients = std::atoi(next().c_str());
     } else if (arg == "--daemon-pid") {
       flags.daemon_pid = std::atoi(next().c_str());
+    } else if (arg == "--cli") {
+      flags.cli = next();
     } else if (arg == "--only") {
       for (absl::string_view g : absl::StrSplit(next(), ',')) {
         if (Groups().count(std::string(g)) == 0) {
@@ -191,7 +210,8 @@ Flags ParseFlags(int argc, char** argv) {
     } else {
       Die("unknown argument " + arg +
           " (usage: --target T --db FILE [--connection NAME] [--seconds N] "
-          "[--clients N] [--daemon-pid PID] [--only GROUP,...])");
+          "[--clients N] [--daemon-pid PID] [--cli PATH] "
+          "[--only GROUP,...])");
     }
   }
   if (flags.target.empty()) Die("--target is required");
@@ -412,6 +432,10 @@ struct Samples {
   int64_t total_calls = 0;            // warm-up calls included
   int64_t server_micros = 0;          // sum of QuerySummary::elapsed_micros
   int64_t cpu_ns = 0;                 // this process's CPU in the loop
+  // Set by calls that time requests themselves (a pipelined stream, where a
+  // request's latency is not the time of the call that completed it): one
+  // entry per call, replacing the call times once the run is over.
+  std::vector<int64_t> request_latencies_ns;
 };
 
 // CPU time (user + system) of this process so far.
@@ -616,9 +640,157 @@ std::function<int64_t()> IdSource(int index) {
   };
 }
 
+// Whether Connection's calls go over the daemon's Session streams: the
+// client library that does has Connection::Begin (transactions), the one
+// before it sent one Query RPC per call. Only a label for the rows.
+template <typename C>
+constexpr bool kHasBegin = requires(const C& c) {
+  c.Begin();
+};
+constexpr bool kLibraryUsesSessions = kHasBegin<Connection>;
+
+std::string LibraryLabel() {
+  return kLibraryUsesSessions ? "library (Session stream)"
+                              : "library (one-shot Query RPC)";
+}
+
+// The value of a one-row, one-column batch's only cell when it is an
+// integer: an int64 column, or SQLite's mixed one.
+std::optional<int64_t> OnlyInt(const v1::RowBatch& batch) {
+  if (batch.row_count() != 1 || batch.columns_size() != 1) return std::nullopt;
+  const v1::ColumnVector& column = batch.columns(0);
+  if (column.nulls_size() > 0 && column.nulls(0)) return std::nullopt;
+  if (column.has_int64s() && column.int64s().values_size() == 1) {
+    return column.int64s().values(0);
+  }
+  if (column.has_mixed() && column.mixed().values_size() == 1 &&
+      column.mixed().values(0).kind_case() == v1::Value::kInt64Value) {
+    return column.mixed().values(0).int64_value();
+  }
+  return std::nullopt;
+}
+
+// The floor the client library is compared with: one Session stream opened
+// with the generated stub (sync ClientReaderWriter) on a channel of its own,
+// `SELECT 1` sent as a bare SessionRequest on the connection's handle and
+// its answer read and checked, nothing else. `depth` requests are kept in
+// flight (1: each request waits for the previous answer).
+class BareSession {
+ public:
+  BareSession(const std::string& target, const std::string& handle, int depth)
+      : depth_(depth) {
+    channel_ = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+    stub_ = v1::ConnectionBroker::NewStub(channel_);
+    stream_ = stub_->Session(&context_);
+    request_.mutable_query()->mutable_target()->set_handle(handle);
+    request_.mutable_query()->set_sql("SELECT 1");
+  }
+  BareSession(const BareSession&) = delete;
+  BareSession& operator=(const BareSession&) = delete;
+  // Closes the stream the orderly way: the answers still in flight are read,
+  // then the daemon ends the call.
+  ~BareSession() {
+    if (finished_) return;
+    stream_->WritesDone();
+    while (stream_->Read(&response_)) {
+    }
+    (void)stream_->Finish();
+  }
+
+  // One request answered: fills the pipeline on the first call, then reads
+  // the oldest request's answer, checks it and sends the next request. Its
+  // latency (written to answer read) goes to request_latencies_ns when more
+  // than one is in flight; with one, the call's own time is that latency.
+  absl::Status Call(Samples& s) {
+    while (static_cast<int>(in_flight_.size()) < depth_) {
+      if (absl::Status st = Send(); !st.ok()) return st;
+    }
+    const auto [id, sent] = in_flight_.front();
+    in_flight_.pop_front();
+    int64_t value = 0;
+    bool got_value = false;
+    for (;;) {
+      if (!stream_->Read(&response_)) {
+        finished_ = true;
+        return absl::UnavailableError(absl::StrCat(
+            "the Session stream ended: ", stream_->Finish().error_message()));
+      }
+      if (response_.id() != id) {
+        return absl::InternalError(absl::StrCat(
+            "an answer for request ", response_.id(), ", expected ", id));
+      }
+      if (response_.has_error()) {
+        return absl::InternalError(
+            absl::StrCat("SELECT 1 failed: ", response_.error().message()));
+      }
+      if (response_.has_batch() && response_.batch().row_count() > 0) {
+        std::optional<int64_t> v = OnlyInt(response_.batch());
+        if (!v || got_value) {
+          return absl::InternalError("SELECT 1 did not return one integer");
+        }
+        value = *v;
+        got_value = true;
+      }
+      if (response_.has_summary()) break;
+    }
+    if (depth_ > 1) {
+      s.request_latencies_ns.push_back((Clock::now() - sent).count());
+    }
+    s.server_micros += response_.summary().elapsed_micros();
+    if (!got_value || value != 1 || response_.summary().row_count() != 1 ||
+        response_.summary().from_cache()) {
+      return absl::InternalError("SELECT 1 did not return 1, uncached");
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status Send() {
+    request_.set_id(next_id_);
+    if (!stream_->Write(request_)) {
+      return absl::UnavailableError("the Session stream refused a write");
+    }
+    in_flight_.emplace_back(next_id_++, Clock::now());
+    return absl::OkStatus();
+  }
+
+  const int depth_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::ConnectionBroker::Stub> stub_;
+  grpc::ClientContext context_;
+  std::unique_ptr<
+      grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>>
+      stream_;
+  v1::SessionRequest request_;  // reused: only its id changes
+  v1::SessionResponse response_;
+  uint64_t next_id_ = 1;
+  bool finished_ = false;  // Finish() was called
+  std::deque<std::pair<uint64_t, Clock::time_point>> in_flight_;
+};
+
 Call MakeBrokerCall(const Flags& flags, Client& client,
                     const Connection& conn) {
   const std::string& mode = flags.worker_mode;
+  if (mode == "bare_select1" || mode == "bare_pipelined") {
+    auto bare = std::make_shared<BareSession>(
+        flags.target, conn.handle(),
+        mode == "bare_pipelined" ? kPipelineDepth : 1);
+    return [bare](bool, Samples& s) { return bare->Call(s); };
+  }
+  if (mode == "cached_select1") {
+    return [conn](bool warming_up, Samples& s) -> absl::Status {
+      absl::StatusOr<Result> r =
+          conn.Query("SELECT 1", {.ttl = absl::Seconds(600)});
+      if (!r.ok()) return r.status();
+      s.server_micros += r->elapsed_micros();
+      if (r->num_rows() != 1 || r->num_columns() != 1 ||
+          AsInt(r->cell(0, 0)) != 1) {
+        return absl::InternalError("SELECT 1 did not return 1");
+      }
+      return Check(warming_up || r->from_cache(),
+                   "a timed cached SELECT 1 missed the result cache");
+    };
+  }
   if (mode == "select1") {
     return [conn](bool, Samples& s) -> absl::Status {
       absl::StatusOr<Result> r = conn.Query("SELECT 1");
@@ -837,6 +1009,7 @@ int RunWorker(const Flags& flags) {
     ++samples.total_calls;
   }
   samples.server_micros = 0;
+  samples.request_latencies_ns.clear();
   samples.latencies_ns.reserve(1 << 20);
 
   if (::write(STDOUT_FILENO, "R", 1) != 1) return 1;
@@ -860,6 +1033,12 @@ int RunWorker(const Flags& flags) {
   }
   samples.elapsed_ns = (now - start).count();
   samples.cpu_ns = SelfCpuNanos() - cpu_start;
+  if (!samples.request_latencies_ns.empty()) {
+    if (samples.request_latencies_ns.size() != samples.latencies_ns.size()) {
+      return fail(absl::InternalError("calls and timed requests disagree"));
+    }
+    samples.latencies_ns.swap(samples.request_latencies_ns);
+  }
 
   std::ofstream out(flags.out, std::ios::binary);
   const int64_t header[5] = {static_cast<int64_t>(samples.latencies_ns.size()),
@@ -1963,6 +2142,263 @@ void NeighbourRows(const Context& ctx) {
                              ratio_note(busy_cached, idle_cached)));
 }
 
+// CPU time (user + system) of this process's waited-for children so far.
+int64_t ChildrenCpuNanos() {
+  struct rusage u;
+  ::getrusage(RUSAGE_CHILDREN, &u);
+  auto ns = [](const timeval& t) {
+    return int64_t{t.tv_sec} * 1'000'000'000 + int64_t{t.tv_usec} * 1000;
+  };
+  return ns(u.ru_utime) + ns(u.ru_stime);
+}
+
+// This process's environment with `extra` ("NAME=value") set on top.
+std::vector<std::string> EnvironmentWith(
+    const std::vector<std::string>& extra) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string entry = *e;
+    const std::string name = entry.substr(0, entry.find('=') + 1);
+    if (std::none_of(extra.begin(), extra.end(), [&](const std::string& x) {
+          return absl::StartsWith(x, name);
+        })) {
+      env.push_back(entry);
+    }
+  }
+  env.insert(env.end(), extra.begin(), extra.end());
+  return env;
+}
+
+// Runs `args` once as a child process, its standard input /dev/null, and
+// returns what it wrote on standard output; dies unless it exits with 0.
+std::string RunProcessOnce(const std::vector<std::string>& args,
+                           const std::vector<std::string>& env) {
+  std::vector<char*> argv, envp;
+  for (const std::string& a : args)
+    argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  for (const std::string& e : env) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
+  int out[2];
+  if (::pipe2(out, O_CLOEXEC) != 0) Die("pipe2 failed");
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null",
+                                   O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+  pid_t pid = -1;
+  const int error =
+      ::posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(out[1]);
+  if (error != 0) {
+    Die(absl::StrCat("posix_spawn ", args[0], ": ", std::strerror(error)));
+  }
+  std::string output;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(out[0], buffer, sizeof(buffer))) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) Die("reading a child's output failed");
+    output.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(out[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    Die(absl::StrCat(absl::StrJoin(args, " "), " failed (status ", status,
+                     "); its error is above"));
+  }
+  return output;
+}
+
+// Whole processes, one per request, one after another for the scenario's
+// time: fork + exec + connect + query + exit + wait, what a CGI script, a
+// cron job or a shell loop pays. Each run's output must end in the line
+// "1". client_cpu_us is the children's CPU a run; the daemon's is charged
+// when `daemon_pid` is given.
+Measurement RunProcesses(const Flags& flags,
+                         const std::vector<std::string>& args,
+                         const std::vector<std::string>& env, int daemon_pid) {
+  auto one = [&] {
+    const std::string output = RunProcessOnce(args, env);
+    std::vector<absl::string_view> lines =
+        absl::StrSplit(output, '\n', absl::SkipWhitespace());
+    if (lines.empty() || absl::StripAsciiWhitespace(lines.back()) != "1") {
+      Die(absl::StrCat(absl::StrJoin(args, " "), " printed '", output,
+                       "', not 1"));
+    }
+  };
+  for (int i = 0; i < 3; ++i) one();  // the binaries' pages in the cache
+  Samples s;
+  const int64_t children_start = ChildrenCpuNanos();
+  const int64_t daemon_start = ProcessCpuNanos(daemon_pid);
+  const Clock::time_point start = Clock::now();
+  const Clock::time_point end =
+      start + std::chrono::duration_cast<Clock::duration>(
+                  std::chrono::duration<double>(flags.seconds));
+  Clock::time_point now = start;
+  while (now < end) {
+    one();
+    const Clock::time_point after = Clock::now();
+    s.latencies_ns.push_back((after - now).count());
+    now = after;
+  }
+  s.elapsed_ns = (now - start).count();
+  s.cpu_ns = ChildrenCpuNanos() - children_start;
+  const int64_t daemon_end = ProcessCpuNanos(daemon_pid);
+  std::vector<Samples> all = {std::move(s)};
+  Measurement m = Merge(all);
+  if (daemon_start >= 0 && daemon_end >= 0) {
+    m.daemon_cpu_us = static_cast<double>(daemon_end - daemon_start) / 1e3 /
+                      static_cast<double>(m.ops);
+  }
+  return m;
+}
+
+// "1.12x PgBouncer (target >= 1: met)".
+std::string TargetRatio(const Measurement& m, const Measurement& other,
+                        const std::string& name, double target) {
+  const double ratio = m.ops_per_second / other.ops_per_second;
+  return absl::StrFormat("%.2fx %s (target >= %.2g: %s)", ratio, name, target,
+                         ratio >= target ? "met" : "**missed**");
+}
+
+// Issue 12's targets. Small calls on a kept handle, 1 and N processes:
+// PgBouncer's kept-connection SELECT 1 as the reference, the bare generic
+// gRPC client on a Session stream as the floor of the library, a
+// result-cache hit, the bare client pipelining; then a whole client
+// process per request, the CLI against psql through PgBouncer.
+void SessionRows(const Context& ctx, const absl::StatusOr<Connection>& pg) {
+  const Flags& flags = ctx.flags;
+  const int n = flags.many_clients;
+  const std::string& bench = flags.connection;
+  const std::string lib = LibraryLabel();
+  for (const int clients : {1, n}) {
+    std::optional<Measurement> bouncer;
+    if (ctx.servers.has_bouncer()) {
+      bouncer = ctx.Direct("bouncer_select1", clients);
+      ctx.rows.push_back(
+          MakeRow("16. PgBouncer (transaction pooling), PostgreSQL `SELECT 1`",
+                  *bouncer,
+                  absl::StrFormat("libpq PQexecParams, kept connection; client "
+                                  "CPU/call %.0f us",
+                                  bouncer->client_cpu_us)));
+    }
+    // The library against the bare stream and PgBouncer, on one database.
+    auto pair = [&](const std::string& number, const std::string& title,
+                    const std::string& connection) {
+      const Measurement bare = ctx.Workers("bare_select1", clients, connection);
+      const Measurement library = ctx.Workers("select1", clients, connection);
+      ctx.rows.push_back(
+          MakeRow(number + "bare gRPC Session stream, " + title, bare,
+                  absl::StrCat("generated stub, one request in flight; ",
+                               ServerNote(bare))));
+      ctx.rows.push_back(MakeRow(
+          number + lib + ", " + title, library,
+          absl::StrCat(
+              TargetRatio(library, bare, "bare gRPC", 0.85),
+              bouncer ? ", " + TargetRatio(library, *bouncer, "PgBouncer", 1)
+                      : "",
+              "; ", ServerNote(library))));
+      return bare;
+    };
+    const Measurement bare_sqlite = pair("16. ", "SQLite `SELECT 1`", bench);
+    std::optional<Measurement> bare_pg;
+    if (pg.ok()) {
+      bare_pg = pair("17. ", "PostgreSQL `SELECT 1`", kPgConnection);
+    } else {
+      ctx.rows.push_back(NotMeasured("17. PostgreSQL `SELECT 1`", clients,
+                                     Short(pg.status())));
+    }
+
+    // A hit needs no database: on PostgreSQL's handle when there is one.
+    const std::string cache_on = pg.ok() ? kPgConnection : bench;
+    const Measurement hit = ctx.Workers("cached_select1", clients, cache_on);
+    ctx.rows.push_back(MakeRow(
+        absl::StrCat("18. ", lib, ", result-cache hit `SELECT 1` (ttl 600 s, ",
+                     cache_on, ")"),
+        hit,
+        absl::StrCat(
+            bouncer ? TargetRatio(hit, *bouncer, "PgBouncer", 1.2) + ", " : "",
+            Ratio(hit, bare_pg ? *bare_pg : bare_sqlite, "bare gRPC uncached"),
+            "; ", ServerNote(hit), "; every timed call a hit")));
+
+    auto pipelined = [&](const std::string& title,
+                         const std::string& connection,
+                         const Measurement& bare) {
+      const Measurement m = ctx.Workers("bare_pipelined", clients, connection);
+      ctx.rows.push_back(MakeRow(
+          absl::StrCat("19. bare gRPC Session stream, ", kPipelineDepth,
+                       " in flight, ", title),
+          m,
+          absl::StrCat(Ratio(m, bare, "one in flight"),
+                       "; p50/p99: request written to its answer read; ",
+                       ServerNote(m))));
+    };
+    pipelined("SQLite `SELECT 1`", bench, bare_sqlite);
+    if (bare_pg) pipelined("PostgreSQL `SELECT 1`", kPgConnection, *bare_pg);
+  }
+
+  // A whole client process per request, one after another.
+  std::string cli = flags.cli;
+  if (cli.empty()) {
+    cli = (std::filesystem::path(SelfPath()).parent_path() /
+           "../../client/connbroker")
+              .lexically_normal()
+              .string();
+  }
+  const std::string psql = Env("CONNBROKER_TEST_PG_BIN").empty()
+                               ? ""
+                               : Env("CONNBROKER_TEST_PG_BIN") + "/psql";
+  std::optional<Measurement> psql_rate;
+  if (ctx.servers.has_bouncer() && !psql.empty()) {
+    Progress("psql -c through PgBouncer, a process per request");
+    psql_rate =
+        RunProcesses(flags,
+                     {psql, "-X", "-A", "-t", "-h", "127.0.0.1", "-p",
+                      ctx.servers.bouncer_port, "-U", ctx.servers.pg_user, "-d",
+                      ctx.servers.pg_database, "-c", "SELECT 1"},
+                     EnvironmentWith({"PGPASSWORD=" + ctx.servers.pg_password}),
+                     /*daemon_pid=*/0);
+  }
+  auto cli_row = [&](const std::string& connection, const std::string& what) {
+    const std::string scenario =
+        absl::StrCat("20. `connbroker query ", connection,
+                     " \"SELECT 1\"`, a process a "
+                     "request (",
+                     what, ")");
+    if (!std::filesystem::exists(cli)) {
+      ctx.rows.push_back(NotMeasured(scenario, 1, "no " + cli));
+      return;
+    }
+    Progress(scenario);
+    const Measurement m = RunProcesses(
+        flags, {cli, "query", connection, "SELECT 1", "--format", "csv"},
+        EnvironmentWith({"CONNBROKER_TARGET=" + flags.target}),
+        flags.daemon_pid);
+    ctx.rows.push_back(MakeRow(
+        scenario, m,
+        absl::StrCat(
+            psql_rate
+                ? TargetRatio(m, *psql_rate, "psql -c via PgBouncer", 3) + "; "
+                : "",
+            absl::StrFormat("fork/exec/wait sequentially; CPU/process: "
+                            "daemon %.0f us, client %.0f us",
+                            m.daemon_cpu_us, m.client_cpu_us))));
+  };
+  if (pg.ok()) cli_row(kPgConnection, "PostgreSQL");
+  cli_row(bench, "SQLite");
+  if (psql_rate) {
+    ctx.rows.push_back(MakeRow(
+        "20. `psql -X -A -t -c \"SELECT 1\"` via PgBouncer, a process a "
+        "request",
+        *psql_rate,
+        absl::StrFormat("fork/exec/wait sequentially, SCRAM to PgBouncer "
+                        "each time; client CPU/process %.0f us",
+                        psql_rate->client_cpu_us)));
+  }
+}
+
 int RunParent(const Flags& flags) {
   absl::StatusOr<std::unique_ptr<Client>> client =
       Client::Create({.target = flags.target});
@@ -1978,7 +2414,8 @@ int RunParent(const Flags& flags) {
 
   const Servers servers = ServersFromEnv();
   const bool want_pg = Selected(flags, "pg") || Selected(flags, "stream") ||
-                       Selected(flags, "rss") || Selected(flags, "neighbour");
+                       Selected(flags, "rss") || Selected(flags, "neighbour") ||
+                       Selected(flags, "session");
   const bool want_mysql =
       Selected(flags, "mariadb") || Selected(flags, "stream");
   absl::Status no_server = absl::FailedPreconditionError("no server given");
@@ -2017,6 +2454,7 @@ int RunParent(const Flags& flags) {
   }
   if (Selected(flags, "rss") && servers.has_pg()) RssRow(ctx, pg);
   if (Selected(flags, "neighbour") && servers.has_pg()) NeighbourRows(ctx);
+  if (Selected(flags, "session")) SessionRows(ctx, pg);
 
   PrintTable(flags, rows);
   return 0;

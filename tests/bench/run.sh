@@ -8,7 +8,7 @@
 #
 #   bash tests/bench/run.sh [--seconds N] [--only GROUP,...]
 #       N seconds a scenario (3); GROUPs: sqlite, pg, mariadb, stream, rss,
-#       neighbour (default: all)
+#       neighbour, session (default: all)
 set -euo pipefail
 
 seconds=3
@@ -29,7 +29,7 @@ bash "$root/deploy/install-deps.sh" >&2
 # The build log is kept quiet unless it fails.
 log="$(mktemp)"
 if ! { cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release &&
-  cmake --build "$build" --target connbrokerd connbroker_bench; } >"$log" 2>&1; then
+  cmake --build "$build" --target connbrokerd connbroker_bench connbroker; } >"$log" 2>&1; then
   cat "$log" >&2
   rm -f "$log"
   echo "run.sh: build failed" >&2
@@ -210,7 +210,8 @@ only_flag=()
 # at once instead of after the whole run.
 "$build/tests/bench/connbroker_bench" --target "unix:$tmp/b.sock" \
   --db "$tmp/bench.db" --connection bench --seconds "$seconds" \
-  --daemon-pid "$daemon_pid" "${only_flag[@]}" &
+  --daemon-pid "$daemon_pid" --cli "$build/client/connbroker" \
+  "${only_flag[@]}" &
 bench_pid=$!
 if ! wait "$bench_pid"; then
   echo "run.sh: benchmark failed; the daemon's log:" >&2
