@@ -284,7 +284,21 @@ absl::StatusOr<std::shared_ptr<Connection>> Broker::ResolveTarget(
 
 absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
     const v1::QueryRequest& request, const Caller& caller,
-    std::function<void()> resume, PinnedTransaction* pinned) {
+    std::function<void()> resume, PinnedTransaction* pinned,
+    bool only_if_live) {
+  std::shared_ptr<Connection> live;
+  if (only_if_live) {
+    // Anything but a live connection is left to the full path, which
+    // words its errors and counts the query then.
+    if (!request.target().has_handle() || pinned != nullptr) return nullptr;
+    absl::StatusOr<std::shared_ptr<Connection>> found =
+        registry_.GetIfLive(request.target().handle(), caller.session);
+    if (!found.ok() || *found == nullptr ||
+        !caller.MayUse((*found)->spec().name)) {
+      return nullptr;
+    }
+    live = *std::move(found);
+  }
   counters_.queries.fetch_add(1, std::memory_order_relaxed);
   if (request.sql().empty()) {
     return absl::InvalidArgumentError("the query has no sql");
@@ -303,6 +317,7 @@ absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
   }
   absl::StatusOr<std::shared_ptr<Connection>> connection =
       pinned != nullptr ? pinned->connection
+      : live != nullptr ? live
                         : ResolveTarget(request.target(), caller);
   if (!connection.ok()) return connection.status();
   if (pinned != nullptr) {

@@ -85,9 +85,13 @@ class Broker {
                                               const Caller& caller);
   // `resume`: see QueryRun. With `pinned` (a session's transaction, on
   // request's connection) the statement runs on its backend, uncached.
+  // With `only_if_live`, never blocks: a null run when the handle's
+  // connection is not live (or the target is not a handle), instead of
+  // building it.
   absl::StatusOr<std::unique_ptr<QueryRun>> StartQuery(
       const v1::QueryRequest& request, const Caller& caller,
-      std::function<void()> resume, PinnedTransaction* pinned = nullptr);
+      std::function<void()> resume, PinnedTransaction* pinned = nullptr,
+      bool only_if_live = false);
   // Runs the statement on the connection's writer; `done` runs once with
   // the reply. Waiting for the writer holds no thread (the statement then
   // runs through run_on_worker); `cancel` (must outlive the call) removes

@@ -344,8 +344,9 @@ struct ConnectionRegistry::Impl {
     CacheSettings settings;
     std::string key;
     config::ConnectionSpec spec;
-    std::string session;  // of a session-scoped spec
-    std::string handle;   // Get: the handle asked for; Connect: ""
+    std::string session;     // of a session-scoped spec
+    std::string handle;      // Get: the handle asked for; Connect: ""
+    bool only_live = false;  // GetIfLive: null rather than build or wait
   };
 
   // The live connection for `want`, built if there is none.
@@ -403,6 +404,9 @@ absl::StatusOr<std::shared_ptr<Connection>> ConnectionRegistry::Impl::Acquire(
           *was_created = false;
           return it->second.connection;
         }
+      }
+      if (want.only_live) return std::shared_ptr<Connection>();
+      if (cache != nullptr) {
         auto in_progress = cache->building.find(want.key);
         if (in_progress != cache->building.end()) {
           // Someone is opening this connection: wait for it instead of
@@ -545,6 +549,25 @@ absl::StatusOr<std::shared_ptr<Connection>> ConnectionRegistry::Get(
     }
     // Copied: the row may be deleted once the lock is released.
     want = Impl::Want{row.settings, row.key, row.spec, row.session, handle};
+  }
+  bool created = false;
+  return impl_->Acquire(want, &created);
+}
+
+absl::StatusOr<std::shared_ptr<Connection>> ConnectionRegistry::GetIfLive(
+    const std::string& handle, const std::string& session_id) {
+  Impl::Want want;
+  {
+    absl::MutexLock lock(&impl_->mu);
+    auto it = impl_->handles.find(handle);
+    if (it == impl_->handles.end()) return UnknownHandle(handle);
+    const Impl::HandleRow& row = *it->second;
+    if (row.spec.scope == config::Scope::kSession &&
+        row.session != session_id) {
+      return UnknownHandle(handle);
+    }
+    want = Impl::Want{row.settings,      row.key, row.spec, row.session, handle,
+                      /*only_live=*/true};
   }
   bool created = false;
   return impl_->Acquire(want, &created);

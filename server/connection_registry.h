@@ -127,6 +127,10 @@ class ConnectionRegistry {
   // (indistinguishable, so a handle cannot be probed).
   absl::StatusOr<std::shared_ptr<Connection>> Get(
       const std::string& handle, const std::string& session_id);
+  // Get without blocking: null when the connection is not live (evicted,
+  // or being built), instead of building it or waiting for it.
+  absl::StatusOr<std::shared_ptr<Connection>> GetIfLive(
+      const std::string& handle, const std::string& session_id);
 
   // Evicts every entry whose TTL has passed, forgets handle rows idle past
   // handle_idle_timeout and deletes empty caches. Expiry is also checked on

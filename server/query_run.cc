@@ -103,6 +103,15 @@ absl::StatusOr<bool> QueryRun::Begin() {
   }
 }
 
+bool QueryRun::TryServeFromCache() {
+  if (ttl_ <= absl::ZeroDuration() || phase_ != Phase::kBegin) return false;
+  std::shared_ptr<const CachedResult> hit = cache_->GetIfCached(cache_key_);
+  if (hit == nullptr) return false;
+  Replay(std::move(hit));
+  phase_ = Phase::kSchema;
+  return true;
+}
+
 void QueryRun::Replay(std::shared_ptr<const CachedResult> result) {
   replay_ = std::move(result);
   from_cache_ = true;

@@ -110,6 +110,12 @@ class QueryRun {
   // messages are shared, encoded, with every caller: not copied.
   absl::StatusOr<Progress> Next(Outgoing* out);
 
+  // Before the first Next(): takes the result from the cache if it is there
+  // now, without leading or joining a flight. True on a hit: every Next()
+  // then only copies out the cached result (NextNeedsDatabase() is false),
+  // so the whole reply may be produced on a thread that must not block.
+  bool TryServeFromCache();
+
   // True when the next Next() may touch the database (and so must run on a
   // worker); false when it only copies out what the run already holds.
   bool NextNeedsDatabase() const;

@@ -308,6 +308,17 @@ absl::StatusOr<ResultCache::Lookup> ResultCache::GetOrLeadAsync(
   return Lookup();
 }
 
+std::shared_ptr<const CachedResult> ResultCache::GetIfCached(
+    const std::string& key) {
+  absl::MutexLock lock(&impl_->mu);
+  auto it = impl_->entries.find(key);
+  if (it == impl_->entries.end() || impl_->clock->Now() >= it->second.expires) {
+    return nullptr;  // the full lookup (on a worker) settles it
+  }
+  ++impl_->hits;
+  return it->second.result;
+}
+
 int64_t ResultCache::DropOwner(const std::string& owner) {
   Released released;
   absl::MutexLock lock(&impl_->mu);

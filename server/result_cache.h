@@ -106,6 +106,10 @@ class ResultCache {
                                         const std::string& owner,
                                         FlightDone on_done);
 
+  // A fresh cached result of `key` (counted as a hit), or null: never leads
+  // or joins a flight, never waits.
+  std::shared_ptr<const CachedResult> GetIfCached(const std::string& key);
+
   // Drops every result of one connection (Reset). Returns how many.
   int64_t DropOwner(const std::string& owner);
 

@@ -219,7 +219,43 @@ void SessionReactor::Pump() {
     signal_id_ = running_id_;
     timed_out_ = false;
   }
-  workers_->Submit([this] { Run(); });
+  if (!RunInline()) workers_->Submit([this] { Run(); });
+}
+
+bool SessionReactor::RunInline() {
+  // Only a result-cache hit on a live connection never blocks; anything
+  // else, or any doubt, goes to a worker.
+  if (!current_->has_query() || txn_ != nullptr) return false;
+  const v1::QueryRequest& query = current_->query();
+  if (!(query.ttl_seconds() > 0) || !query.target().has_handle() ||
+      ControlOf(query.sql()) != Control::kNone) {
+    return false;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (!aborted_.ok()) return false;
+  }
+  if (!Prepare()) return true;
+  absl::StatusOr<std::unique_ptr<QueryRun>> run = broker_->StartQuery(
+      query, caller_, [this] { workers_->Submit([this] { ProduceQuery(); }); },
+      /*pinned=*/nullptr, /*only_if_live=*/true);
+  if (!run.ok()) {
+    AnswerError(run.status());
+    Complete();
+    return true;
+  }
+  if (*run == nullptr) {
+    workers_->Submit([this] { RunQuery(); });  // the connection needs work
+    return true;
+  }
+  const bool hit = (*run)->TryServeFromCache();
+  StartRun(*std::move(run));
+  if (hit) {
+    ProduceQuery();  // copies the cached result out: no database, no wait
+  } else {
+    workers_->Submit([this] { ProduceQuery(); });
+  }
+  return true;
 }
 
 void SessionReactor::MaybeFinish() {
@@ -275,7 +311,7 @@ bool SessionReactor::Broken() {
 // ---------------------------------------------------------------------------
 // Running one request (on a worker)
 
-void SessionReactor::Run() {
+bool SessionReactor::Prepare() {
   const uint64_t id = current_->id();
   bool cancelled;
   {
@@ -287,7 +323,7 @@ void SessionReactor::Run() {
     AnswerError(absl::CancelledError(
         absl::StrCat("request ", id, " was cancelled before it ran")));
     Complete();
-    return;
+    return false;
   }
   if (current_->timeout_millis() > 0) {
     std::weak_ptr<Anchor> weak = anchor_;
@@ -302,8 +338,14 @@ void SessionReactor::Run() {
           }
         });
   }
-  const bool first = !requests_seen_;
+  first_request_ = !requests_seen_;
   requests_seen_ = true;
+  return true;
+}
+
+void SessionReactor::Run() {
+  if (!Prepare()) return;
+  const bool first = first_request_;
   switch (current_->request_case()) {
     case v1::SessionRequest::kOpen: {
       const std::string& session = current_->open().session();
@@ -502,16 +544,18 @@ void SessionReactor::RunQuery() {
     Complete();
     return;
   }
-  run_ = *std::move(run);
+  StartRun(*std::move(run));
+  ProduceQuery();
+}
+
+void SessionReactor::StartRun(std::unique_ptr<QueryRun> run) {
+  run_ = std::move(run);
   parts_.clear();
   parts_have_batch_ = false;
   schema_taken_ = false;
-  {
-    absl::MutexLock lock(&run_mu_);
-    cancellable_run_ = run_.get();
-    if (signal_ != nullptr && signal_->cancelled()) run_->Cancel();
-  }
-  ProduceQuery();
+  absl::MutexLock lock(&run_mu_);
+  cancellable_run_ = run_.get();
+  if (signal_ != nullptr && signal_->cancelled()) run_->Cancel();
 }
 
 grpc::ByteBuffer SessionReactor::Parts(std::vector<grpc::Slice> parts) const {

@@ -116,6 +116,16 @@ class SessionReactor final
   void MaybeFinish();
   // Runs the request popped by Pump (a worker).
   void Run();
+  // Serves the request popped by Pump on this thread when that cannot block
+  // (a query answered from the result cache), saving the hop to a worker
+  // that costs a small call most of its time; else hands it to a worker.
+  // False: not such a request, nothing done.
+  bool RunInline();
+  // What every request does first: answers one cancelled while queued
+  // (false: nothing more to do), arms its timeout.
+  bool Prepare();
+  // Takes `run` as the running query (cancellable from now).
+  void StartRun(std::unique_ptr<QueryRun> run);
   // The running request is answered: the next may start.
   void Complete();
 
@@ -188,7 +198,8 @@ class SessionReactor final
   bool parts_have_batch_ = false;
   bool schema_taken_ = false;
   bool requests_seen_ = false;
-  bool counted_ = false;  // in the broker's sessions_open
+  bool first_request_ = false;  // the running request came first
+  bool counted_ = false;        // in the broker's sessions_open
   // The running request's timeout, and the transaction's idle timer (0:
   // none); cancelled when they can no longer matter.
   TimerQueue::Id request_timer_ = 0;

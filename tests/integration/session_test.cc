@@ -112,6 +112,42 @@ TEST_F(SessionStreamTest, PipelinedRequestsAreAnsweredInOrderByTheirIds) {
   EXPECT_TRUE(stream.Finish().ok());
 }
 
+TEST_F(SessionStreamTest, CachedAndUncachedPipelinedQueriesKeepTheirOrder) {
+  SessionStream stream(daemon_->target());
+  v1::SessionRequest connect;
+  connect.mutable_connect()->set_name("app");
+  std::vector<v1::SessionResponse> connected = stream.Call(1, connect);
+  ASSERT_EQ(ErrorOf(connected), "");
+  const std::string handle = connected.back().connected().handle();
+  // Cached answers may be served without a worker; they must still wait
+  // their turn behind the uncached ones sent before them.
+  constexpr int kRequests = 120;
+  for (int i = 0; i < kRequests; ++i) {
+    v1::SessionRequest request;
+    request.set_id(100 + i);
+    v1::QueryRequest* query = request.mutable_query();
+    query->mutable_target()->set_handle(handle);
+    query->set_sql("SELECT ?1 + 0");
+    query->mutable_params()->add_positional()->set_int64_value(i % 3);
+    if (i % 2 == 0) query->set_ttl_seconds(600);
+    ASSERT_TRUE(stream.Send(request));
+  }
+  int hits = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    std::vector<v1::SessionResponse> answer = stream.NextAnswer();
+    ASSERT_FALSE(answer.empty());
+    EXPECT_EQ(answer.back().id(), static_cast<uint64_t>(100 + i));
+    EXPECT_EQ(IntAt(answer), i % 3) << ErrorOf(answer);
+    ASSERT_TRUE(answer.back().has_summary());
+    if (answer.back().summary().from_cache()) {
+      ++hits;
+      EXPECT_EQ(i % 2, 0) << "an uncached query came from the cache";
+    }
+  }
+  // 60 cached queries of 3 distinct values: all but the first of each hit.
+  EXPECT_EQ(hits, 57);
+}
+
 TEST_F(SessionStreamTest,
        ALargeResultComesInSeveralMessagesEndingInTheSummary) {
   SessionStream stream(daemon_->target());
