@@ -537,6 +537,16 @@ absl::StatusOr<ConnectOutcome> ConnectionRegistry::Connect(
 
 absl::StatusOr<std::shared_ptr<Connection>> ConnectionRegistry::Get(
     const std::string& handle, const std::string& session_id) {
+  return GetByHandle(handle, session_id, /*only_live=*/false);
+}
+
+absl::StatusOr<std::shared_ptr<Connection>> ConnectionRegistry::GetIfLive(
+    const std::string& handle, const std::string& session_id) {
+  return GetByHandle(handle, session_id, /*only_live=*/true);
+}
+
+absl::StatusOr<std::shared_ptr<Connection>> ConnectionRegistry::GetByHandle(
+    const std::string& handle, const std::string& session_id, bool only_live) {
   Impl::Want want;
   {
     absl::MutexLock lock(&impl_->mu);
@@ -548,26 +558,8 @@ absl::StatusOr<std::shared_ptr<Connection>> ConnectionRegistry::Get(
       return UnknownHandle(handle);
     }
     // Copied: the row may be deleted once the lock is released.
-    want = Impl::Want{row.settings, row.key, row.spec, row.session, handle};
-  }
-  bool created = false;
-  return impl_->Acquire(want, &created);
-}
-
-absl::StatusOr<std::shared_ptr<Connection>> ConnectionRegistry::GetIfLive(
-    const std::string& handle, const std::string& session_id) {
-  Impl::Want want;
-  {
-    absl::MutexLock lock(&impl_->mu);
-    auto it = impl_->handles.find(handle);
-    if (it == impl_->handles.end()) return UnknownHandle(handle);
-    const Impl::HandleRow& row = *it->second;
-    if (row.spec.scope == config::Scope::kSession &&
-        row.session != session_id) {
-      return UnknownHandle(handle);
-    }
-    want = Impl::Want{row.settings,      row.key, row.spec, row.session, handle,
-                      /*only_live=*/true};
+    want = Impl::Want{row.settings, row.key, row.spec,
+                      row.session,  handle,  only_live};
   }
   bool created = false;
   return impl_->Acquire(want, &created);

@@ -154,6 +154,8 @@ class ConnectionRegistry {
   RegistryStats Stats() const;
 
  private:
+  absl::StatusOr<std::shared_ptr<Connection>> GetByHandle(
+      const std::string& handle, const std::string& session_id, bool only_live);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -371,32 +371,16 @@ void SessionReactor::Run() {
       Complete();
       return;
     }
-    case v1::SessionRequest::kConnect: {
-      absl::StatusOr<v1::ConnectResponse> connected =
-          broker_->Connect(current_->connect(), caller_);
-      if (connected.ok()) {
-        v1::SessionResponse answer;
-        *answer.mutable_connected() = *std::move(connected);
-        Answer(std::move(answer));
-      } else {
-        AnswerError(connected.status());
-      }
+    case v1::SessionRequest::kConnect:
+      AnswerWith(broker_->Connect(current_->connect(), caller_),
+                 &v1::SessionResponse::mutable_connected);
       Complete();
       return;
-    }
-    case v1::SessionRequest::kReset: {
-      absl::StatusOr<v1::ResetResponse> reset =
-          broker_->Reset(current_->reset(), caller_);
-      if (reset.ok()) {
-        v1::SessionResponse answer;
-        *answer.mutable_reset() = *std::move(reset);
-        Answer(std::move(answer));
-      } else {
-        AnswerError(reset.status());
-      }
+    case v1::SessionRequest::kReset:
+      AnswerWith(broker_->Reset(current_->reset(), caller_),
+                 &v1::SessionResponse::mutable_reset);
       Complete();
       return;
-    }
     case v1::SessionRequest::kQuery:
       RunQuery();
       return;

@@ -173,6 +173,18 @@ class SessionReactor final
   // Answers the running request with `answer` (its id is set here).
   void Answer(v1::SessionResponse answer);
   void AnswerError(const absl::Status& status, v1::SessionResponse answer = {});
+  // Answers with `result` in the field `field` returns, or its error.
+  template <typename Reply>
+  void AnswerWith(absl::StatusOr<Reply> result,
+                  Reply* (v1::SessionResponse::*field)()) {
+    if (!result.ok()) {
+      AnswerError(result.status());
+      return;
+    }
+    v1::SessionResponse answer;
+    *(answer.*field)() = *std::move(result);
+    Answer(std::move(answer));
+  }
   // Queues `buffer` for writing; `then` runs once it is written (or the
   // stream broke), on the reactor thread.
   void Send(grpc::ByteBuffer buffer, std::function<void()> then);
