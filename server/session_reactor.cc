@@ -669,11 +669,7 @@ void SessionReactor::RunExecute() {
                               /*as_query=*/false)) {
     return;
   }
-  CancelSignal* signal;
-  {
-    absl::MutexLock lock(&run_mu_);
-    signal = signal_.get();
-  }
+  CancelSignal* const signal = RunningSignal();
   broker_->Execute(execute, caller_, signal,
                    [this](absl::StatusOr<v1::ExecuteResponse> result) {
                      if (result.ok()) {
@@ -689,11 +685,7 @@ void SessionReactor::RunExecute() {
 
 void SessionReactor::RunOnTransaction(const std::string& sql,
                                       const v1::Params& params, bool as_query) {
-  CancelSignal* signal;
-  {
-    absl::MutexLock lock(&run_mu_);
-    signal = signal_.get();
-  }
+  CancelSignal* const signal = RunningSignal();
   absl::StatusOr<v1::ExecuteResponse> result =
       broker_->ExecuteOn(*txn_, sql, params, signal);
   v1::SessionResponse answer;
@@ -718,11 +710,7 @@ void SessionReactor::RunBeginStatement(const v1::Target& target,
                                        const std::string& sql,
                                        const v1::Params& params,
                                        bool as_query) {
-  CancelSignal* signal;
-  {
-    absl::MutexLock lock(&run_mu_);
-    signal = signal_.get();
-  }
+  CancelSignal* const signal = RunningSignal();
   broker_->Pin(target, caller_, Access::kWrite, signal,
                [this, sql, params, as_query](
                    absl::StatusOr<std::unique_ptr<PinnedTransaction>> pinned) {
@@ -731,16 +719,25 @@ void SessionReactor::RunBeginStatement(const v1::Target& target,
                    Complete();
                    return;
                  }
-                 txn_ = *std::move(pinned);
-                 {
-                   absl::MutexLock lock(&mu_);
-                   txn_open_ = true;
-                 }
-                 broker_->counters().transactions_open.fetch_add(
-                     1, std::memory_order_relaxed);
-                 txn_changed_ = true;
+                 AdoptTransaction(*std::move(pinned));
                  RunOnTransaction(sql, params, as_query);
                });
+}
+
+CancelSignal* SessionReactor::RunningSignal() {
+  absl::MutexLock lock(&run_mu_);
+  return signal_.get();  // kept until Complete(): the request's own
+}
+
+void SessionReactor::AdoptTransaction(
+    std::unique_ptr<PinnedTransaction> pinned) {
+  {
+    // Under mu_: the idle timer reads txn_ (only while no request runs).
+    absl::MutexLock lock(&mu_);
+    txn_ = std::move(pinned);
+  }
+  broker_->counters().transactions_open.fetch_add(1, std::memory_order_relaxed);
+  txn_changed_ = true;
 }
 
 void SessionReactor::RunBegin() {
@@ -758,11 +755,7 @@ void SessionReactor::RunBegin() {
     Complete();
     return;
   }
-  CancelSignal* signal;
-  {
-    absl::MutexLock lock(&run_mu_);
-    signal = signal_.get();
-  }
+  CancelSignal* const signal = RunningSignal();
   const TransactionOptions options = OptionsOf(begin);
   broker_->Pin(begin.target(), caller_,
                options.read_only ? Access::kRead : Access::kWrite, signal,
@@ -780,14 +773,7 @@ void SessionReactor::RunBegin() {
                    Complete();
                    return;
                  }
-                 txn_ = *std::move(pinned);
-                 {
-                   absl::MutexLock lock(&mu_);
-                   txn_open_ = true;
-                 }
-                 broker_->counters().transactions_open.fetch_add(
-                     1, std::memory_order_relaxed);
-                 txn_changed_ = true;
+                 AdoptTransaction(*std::move(pinned));
                  v1::SessionResponse answer;
                  SetTransactionState(&answer);
                  Answer(std::move(answer));
@@ -868,10 +854,6 @@ void SessionReactor::SettleTransaction(v1::SessionResponse* answer) {
           "ROLLBACK to go on"));
     }
     txn_.reset();  // returns the backend (closed when broken)
-    {
-      absl::MutexLock lock(&mu_);
-      txn_open_ = false;
-    }
     broker_->counters().transactions_open.fetch_sub(1,
                                                     std::memory_order_relaxed);
     txn_changed_ = true;
@@ -884,7 +866,7 @@ void SessionReactor::ArmIdleTimer() {
   std::string section;
   {
     absl::MutexLock lock(&mu_);
-    if (!txn_open_ || txn_ == nullptr) return;
+    if (txn_ == nullptr) return;
     activity = activity_;
     section = txn_->connection->spec().name;
   }
@@ -924,7 +906,6 @@ void SessionReactor::OnIdleTimeout(uint64_t activity) {
         " (transactions.idle_timeout) and was rolled back; send ROLLBACK to "
         "go on"));
     expired = std::move(txn_);
-    txn_open_ = false;
     v1::SessionResponse notice;
     *notice.mutable_notice() = ToSessionError(aborted_);
     grpc::ByteBuffer buffer;

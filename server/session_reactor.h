@@ -167,6 +167,10 @@ class SessionReactor final
   // Drops the transaction when its backend says it ended (or broke).
   void SettleTransaction(v1::SessionResponse* answer);
   void SetTransactionState(v1::SessionResponse* answer) const;
+  // The running request's cancel signal (null once it completed).
+  CancelSignal* RunningSignal();
+  // Makes `pinned` the session's transaction.
+  void AdoptTransaction(std::unique_ptr<PinnedTransaction> pinned);
   void ArmIdleTimer();
   void OnIdleTimeout(uint64_t activity);
 
@@ -251,11 +255,9 @@ class SessionReactor final
   std::deque<Outgoing> outbox_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   // Transaction bookkeeping the idle timer reads.
-  bool txn_open_ ABSL_GUARDED_BY(mu_) = false;
   std::string aborted_handle_ ABSL_GUARDED_BY(mu_);
   absl::Status aborted_ ABSL_GUARDED_BY(mu_);
   uint64_t activity_ ABSL_GUARDED_BY(mu_) = 0;
-  std::unique_ptr<PinnedTransaction> expired_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace connbroker::server

@@ -173,8 +173,9 @@ struct BrokerSettings {
   std::map<std::string, absl::Duration> idle_in_transaction_timeouts;
   absl::Duration IdleInTransactionTimeout(const std::string& section) const {
     auto it = idle_in_transaction_timeouts.find(section);
-    return it == idle_in_transaction_timeouts.end() ? idle_in_transaction_timeout
-                                                    : it->second;
+    return it == idle_in_transaction_timeouts.end()
+               ? idle_in_transaction_timeout
+               : it->second;
   }
 
   // Daemon-wide bounds ([limits]). One client's load must not exhaust what
