@@ -37,6 +37,13 @@ step "$cli" execute demo "INSERT INTO trips (city, km) VALUES ('Lisbon', 12.5), 
 echo; echo "# a query cached for 60 s: the second run is served from the cache"
 step "$cli" query demo "SELECT city, km FROM trips ORDER BY id" --ttl 60
 step "$cli" query demo "SELECT city, km FROM trips ORDER BY id" --ttl 60
+echo; echo "# a transaction over one session stream: the shell reads statements from a pipe;"
+echo "# the rollback leaves nothing, the commit is seen by another process"
+printf '%s\n' "BEGIN;" "INSERT INTO trips (city, km) VALUES ('Braga', 3.5);" "ROLLBACK;" \
+  "BEGIN;" "INSERT INTO trips (city, km) VALUES ('Coimbra', 4.0);" "COMMIT;" >"$work/txn.sql"
+printf '\n\033[1m$ %s\033[0m\n' "$cli shell demo < txn.sql"
+"$cli" shell demo <"$work/txn.sql"
+step "$cli" query demo "SELECT city FROM trips WHERE city IN ('Braga', 'Coimbra')"
 step "$cli" connections
 step "$cli" stats
 echo; echo "daemon log: $work/connbrokerd.log"
