@@ -247,6 +247,39 @@ TEST_F(SessionStreamTest, OneShotCallsKeepWorkingBesideAnOpenTransaction) {
   EXPECT_NE(after.out.find("1"), std::string::npos) << after.out;
 }
 
+TEST_F(SessionStreamTest, MalformedRequestsGetClearErrors) {
+  SessionStream stream(daemon_->target());
+  // No operation: an answer saying so; the stream goes on.
+  v1::SessionRequest empty;
+  std::vector<v1::SessionResponse> none = stream.Call(1, empty);
+  EXPECT_EQ(CodeOf(none), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(ErrorOf(none).find("names no operation"), std::string::npos);
+  // open is only for the first request.
+  v1::SessionRequest open;
+  open.mutable_open()->set_session("late");
+  EXPECT_EQ(CodeOf(stream.Call(2, open)),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  // A commit with no transaction open.
+  EXPECT_EQ(CodeOf(stream.Call(3, Commit())),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(IntAt(stream.Call(4, QueryOn("app", "SELECT 6"))), 6);
+  // Bytes that are no SessionRequest (invalid UTF-8 in a string field)
+  // carry no id to answer: the stream ends, saying what it could not read.
+  v1::SessionRequest garbled = QueryOn("app", "SELECT '\xff\xfe'");
+  garbled.set_id(5);
+  ASSERT_TRUE(stream.Send(garbled));
+  v1::SessionResponse nothing;
+  EXPECT_FALSE(stream.Read(&nothing));
+  grpc::Status status = stream.Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("connbroker.v1.SessionRequest"),
+            std::string::npos)
+      << status.error_message();
+  // The daemon serves everyone else.
+  ProcessResult after = daemon_->Cli({"query", "app", "SELECT 1"});
+  EXPECT_EQ(after.exit_code, 0) << after.err;
+}
+
 TEST_F(SessionStreamTest, ADrainEndsIdleSessionsWithUnavailable) {
   SessionStream stream(daemon_->target());
   ASSERT_EQ(IntAt(stream.Call(1, QueryOn("app", "SELECT 1"))), 1);
