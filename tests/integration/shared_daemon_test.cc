@@ -202,7 +202,8 @@ TEST_F(SharedDaemonTest, SessionScopedConnectionsArePrivateToTheirSession) {
   EXPECT_EQ(mine->scope(), "session");
 
   // Another session, holding the handle, cannot use it.
-  for (const std::string& session : {"bob", ""}) {
+  for (const char* session_id : {"bob", ""}) {
+    const std::string session = session_id;
     std::vector<std::string> args = {"query", "--handle", mine->handle(),
                                      "SELECT 1"};
     if (!session.empty()) {

@@ -497,7 +497,7 @@ config::ConnectionSpec SessionSpec(const std::string& name) {
 TEST_F(ConnectionRegistryTest, ASessionsHandleWorksOnlyForThatSession) {
   ConnectOutcome mine = MustConnect(SessionSpec("private"), Unbounded(), "s1");
   EXPECT_TRUE(registry_.Get(mine.connection->handle(), "s1").ok());
-  for (const std::string& other : {"s2", ""}) {
+  for (const char* other : {"s2", ""}) {
     absl::StatusOr<std::shared_ptr<Connection>> theirs =
         registry_.Get(mine.connection->handle(), other);
     EXPECT_EQ(theirs.status().code(), absl::StatusCode::kNotFound) << other;
