@@ -58,6 +58,15 @@ absl::Status MayNotUse(const Caller& caller, absl::string_view name) {
       caller.who, " may not use connection '", config::Shown(name), "'"));
 }
 
+v1::ExecuteResponse ExecuteResponseOf(const ExecuteResult& result,
+                                      const Connection& connection) {
+  v1::ExecuteResponse response;
+  response.set_rows_affected(result.rows_affected);
+  response.set_last_insert_id(result.last_insert_id);
+  response.set_handle(connection.handle());
+  return response;
+}
+
 absl::Status NeedsAdmin(const Caller& caller, absl::string_view what) {
   return absl::PermissionDeniedError(absl::StrCat(
       what, " is an admin call, and ", caller.who, " is not an admin"));
@@ -332,24 +341,25 @@ absl::StatusOr<std::unique_ptr<QueryRun>> Broker::StartQuery(
   limits.batch_bytes = settings_.batch_bytes;
   limits.max_attempts = settings_.max_attempts;
   limits.inflight = &inflight_results_;
-  if (pinned != nullptr) {
-    // The transaction holds the connection's call slot already.
-    auto run = std::make_unique<QueryRun>(
-        *std::move(connection), request.sql(), request.params(), ttl, limits,
-        &results_, &counters_, clock_, std::move(resume));
-    run->UsePinned(pinned->backend.get());
-    return run;
-  }
-  absl::StatusOr<Connection::CallSlot> slot =
-      (*connection)->StartCall(settings_.limits.max_calls_per_connection);
-  if (!slot.ok()) {
-    counters_.calls_refused.fetch_add(1, std::memory_order_relaxed);
-    return slot.status();
+  // A transaction holds the connection's call slot already.
+  Connection::CallSlot slot;
+  if (pinned == nullptr) {
+    absl::StatusOr<Connection::CallSlot> started =
+        (*connection)->StartCall(settings_.limits.max_calls_per_connection);
+    if (!started.ok()) {
+      counters_.calls_refused.fetch_add(1, std::memory_order_relaxed);
+      return started.status();
+    }
+    slot = *std::move(started);
   }
   auto run = std::make_unique<QueryRun>(
       *std::move(connection), request.sql(), request.params(), ttl, limits,
       &results_, &counters_, clock_, std::move(resume));
-  run->HoldCallSlot(*std::move(slot));
+  if (pinned != nullptr) {
+    run->UsePinned(pinned->backend.get());
+  } else {
+    run->HoldCallSlot(std::move(slot));
+  }
   return run;
 }
 
@@ -364,11 +374,7 @@ absl::StatusOr<v1::ExecuteResponse> Broker::ExecuteOn(PinnedTransaction& pinned,
   absl::StatusOr<ExecuteResult> result =
       pinned.backend->Execute(sql, params, cancel);
   if (!result.ok()) return result.status();
-  v1::ExecuteResponse response;
-  response.set_rows_affected(result->rows_affected);
-  response.set_last_insert_id(result->last_insert_id);
-  response.set_handle(pinned.connection->handle());
-  return response;
+  return ExecuteResponseOf(*result, *pinned.connection);
 }
 
 void Broker::Pin(const v1::Target& target, const Caller& caller, Access access,
@@ -462,11 +468,7 @@ void Broker::Execute(const v1::ExecuteRequest& request, const Caller& caller,
             done(result.status());
             return;
           }
-          v1::ExecuteResponse response;
-          response.set_rows_affected(result->rows_affected);
-          response.set_last_insert_id(result->last_insert_id);
-          response.set_handle(connection->handle());
-          done(std::move(response));
+          done(ExecuteResponseOf(*result, *connection));
         });
       });
 }

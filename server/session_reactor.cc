@@ -610,9 +610,7 @@ void SessionReactor::ProduceQuery() {
     if (out.wire != nullptr) {
       slice = SharedSlice(std::move(out.wire));
     } else {
-      auto bytes = std::make_shared<std::string>();
-      out.message->SerializeToString(bytes.get());
-      slice = SharedSlice(std::move(bytes));
+      slice = EncodedSlice(*out.message);
     }
     const bool is_batch = schema_taken_ && !out.last;
     schema_taken_ = true;
@@ -655,9 +653,7 @@ void SessionReactor::EndQuery(absl::Status status) {
     *tail.mutable_error() = ToSessionError(status);
   }
   if (tail.ByteSizeLong() > 0) {
-    auto bytes = std::make_shared<std::string>();
-    tail.SerializeToString(bytes.get());
-    ready.push_back(SharedSlice(std::move(bytes)));
+    ready.push_back(EncodedSlice(tail));
   }
   Send(Parts(std::move(ready)), nullptr);
   Complete();

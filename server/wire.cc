@@ -50,6 +50,12 @@ grpc::Slice SharedSlice(std::shared_ptr<const std::string> bytes) {
       held);
 }
 
+grpc::Slice EncodedSlice(const google::protobuf::Message& message) {
+  auto bytes = std::make_shared<std::string>();
+  message.SerializeToString(bytes.get());
+  return SharedSlice(std::move(bytes));
+}
+
 std::string VarintField(int field, uint64_t value) {
   std::string bytes;
   google::protobuf::io::StringOutputStream stream(&bytes);

@@ -27,6 +27,9 @@ absl::Status Encode(const google::protobuf::Message& message,
 // cached result's) until gRPC is done with it.
 grpc::Slice SharedSlice(std::shared_ptr<const std::string> bytes);
 
+// `message` encoded, as a slice that owns the bytes.
+grpc::Slice EncodedSlice(const google::protobuf::Message& message);
+
 // A varint field `field` = `value`, encoded (appending it to an encoded
 // message sets that field).
 std::string VarintField(int field, uint64_t value);

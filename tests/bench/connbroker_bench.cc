@@ -438,6 +438,24 @@ struct Samples {
   std::vector<int64_t> request_latencies_ns;
 };
 
+// Calls `one` back to back for `seconds`, recording each call's time and
+// the loop's wall time in `s`.
+template <typename Call>
+void TimeFor(double seconds, Call& one, Samples* s) {
+  const Clock::time_point start = Clock::now();
+  const Clock::time_point end =
+      start + std::chrono::duration_cast<Clock::duration>(
+                  std::chrono::duration<double>(seconds));
+  Clock::time_point now = start;
+  while (now < end) {
+    one();
+    const Clock::time_point after = Clock::now();
+    s->latencies_ns.push_back((after - now).count());
+    now = after;
+  }
+  s->elapsed_ns = (now - start).count();
+}
+
 // CPU time (user + system) of this process so far.
 int64_t SelfCpuNanos() {
   struct rusage u;
@@ -1316,18 +1334,7 @@ Measurement DirectSelectOne(const Flags& flags) {
     stmt.reset();
   };
   for (int i = 0; i < 1000; ++i) one();
-  const Clock::time_point start = Clock::now();
-  const Clock::time_point end =
-      start + std::chrono::duration_cast<Clock::duration>(
-                  std::chrono::duration<double>(flags.seconds));
-  Clock::time_point now = start;
-  while (now < end) {
-    one();
-    const Clock::time_point after = Clock::now();
-    s.latencies_ns.push_back((after - now).count());
-    now = after;
-  }
-  s.elapsed_ns = (now - start).count();
+  TimeFor(flags.seconds, one, &s);
   std::vector<Samples> all = {std::move(s)};
   return Merge(all);
 }
@@ -2232,18 +2239,7 @@ Measurement RunProcesses(const Flags& flags,
   Samples s;
   const int64_t children_start = ChildrenCpuNanos();
   const int64_t daemon_start = ProcessCpuNanos(daemon_pid);
-  const Clock::time_point start = Clock::now();
-  const Clock::time_point end =
-      start + std::chrono::duration_cast<Clock::duration>(
-                  std::chrono::duration<double>(flags.seconds));
-  Clock::time_point now = start;
-  while (now < end) {
-    one();
-    const Clock::time_point after = Clock::now();
-    s.latencies_ns.push_back((after - now).count());
-    now = after;
-  }
-  s.elapsed_ns = (now - start).count();
+  TimeFor(flags.seconds, one, &s);
   s.cpu_ns = ChildrenCpuNanos() - children_start;
   const int64_t daemon_end = ProcessCpuNanos(daemon_pid);
   std::vector<Samples> all = {std::move(s)};
