@@ -22,6 +22,9 @@
 #include "absl/synchronization/mutex.h"
 #include "connbroker/config/broker_settings.h"
 #include "connbroker/config/secrets.h"
+#include "connbroker/v1/service.grpc.pb.h"
+#include "connbroker/v1/service.pb.h"
+#include "google/protobuf/descriptor.h"
 #include "google/protobuf/stubs/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
@@ -40,6 +43,21 @@
 
 namespace connbroker::server {
 namespace {
+
+// The ConnectionBroker service's descriptor, which server reflection serves.
+// service.pb.cc defines no message, so nothing in the daemon referred to it
+// and the linker left it out of the static proto library: reflection listed
+// the service by name (from the registered methods) but answered "Symbol not
+// found" for its file, and reflection-driven tools could not call it. Taking
+// the address of its descriptor table links it in; null means it still is
+// not there.
+const google::protobuf::ServiceDescriptor* BrokerServiceDescriptor() {
+  static const void* volatile linked_in =
+      &descriptor_table_connbroker_2fv1_2fservice_2eproto;
+  (void)linked_in;
+  return google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
+      v1::ConnectionBroker::service_full_name());
+}
 
 constexpr char kUsage[] =
     R"(usage: connbrokerd [options]
@@ -269,6 +287,11 @@ int Run(int argc, char** argv) {
                         });
 
   grpc::EnableDefaultHealthCheckService(true);
+  if (BrokerServiceDescriptor() == nullptr) {
+    spdlog::critical("the {} descriptor is not linked into connbrokerd",
+                     v1::ConnectionBroker::service_full_name());
+    return 1;
+  }
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   grpc::ResourceQuota quota("connbrokerd");

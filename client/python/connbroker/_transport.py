@@ -1,0 +1,347 @@
+"""The daemon end of the client: channels, Session streams, request values.
+
+Every call goes over a kept Session stream (proto/connbroker/v1/session.proto):
+one message each way for a small request, a query's batches streamed as they
+come. A stream carries one request at a time from this side's point of view
+(`Stream.call` and `Stream.query`); the daemon answers in order, so a reader
+that stops part-way is cancelled and drained before the next request.
+"""
+
+import datetime
+import decimal
+import os
+import queue
+import threading
+import uuid
+
+import grpc
+
+from connbroker import errors
+from connbroker.v1 import broker_pb2, session_pb2, values_pb2
+
+SESSION_METHOD = "/connbroker.v1.ConnectionBroker/Session"
+_SESSION_KEY = "connbroker-session"
+# gRPC's default 4 MiB is below what one SessionResponse may carry (a batch
+# is cut near 1 MiB, but a single wide row can be larger).
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def default_target():
+    """$CONNBROKER_TARGET, else the daemon's default socket (as the CLI)."""
+    target = os.environ.get("CONNBROKER_TARGET")
+    if target:
+        return target
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir:
+        return f"unix:{runtime_dir}/connbroker.sock"
+    return f"unix:/tmp/connbroker-{os.getuid()}/connbroker.sock"
+
+
+class _Channels:
+    """One gRPC channel per (target, credentials) per process.
+
+    A channel is safe to share between threads, and opening one costs a
+    connection setup, so every connection of a process to the same daemon
+    shares it. A forked child gets channels of its own: gRPC channels do not
+    survive fork.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._channels = {}
+
+    def get(self, target, ca_file, token_file):
+        key = (target, ca_file, token_file)
+        with self._lock:
+            if self._pid != os.getpid():
+                self._channels = {}
+                self._pid = os.getpid()
+            channel = self._channels.get(key)
+            if channel is None:
+                channel = _open_channel(target, ca_file)
+                self._channels[key] = channel
+            return channel
+
+
+def _open_channel(target, ca_file):
+    options = [
+        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        # Come back quickly after a daemon restart instead of after gRPC's
+        # growing backoff.
+        ("grpc.initial_reconnect_backoff_ms", 50),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+    if target.startswith("unix:") or not ca_file:
+        return grpc.insecure_channel(target, options=options)
+    with open(ca_file, "rb") as f:
+        credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+CHANNELS = _Channels()
+
+
+def call_metadata(session, token_file):
+    """Metadata of a call: the client session id and the bearer token."""
+    metadata = []
+    if session:
+        metadata.append((_SESSION_KEY, session))
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise errors.InterfaceError(
+                f"cannot read the token file {token_file}: {e.strerror}"
+            ) from None
+        metadata.append(("authorization", f"Bearer {token}"))
+    return tuple(metadata)
+
+
+# --- Values: kwargs and query parameters ----------------------------------
+
+
+def to_value(value, out=None):
+    """A Python value as a connbroker.v1.Value.
+
+    Types the wire has no scalar for travel as text the databases parse:
+    Decimal exactly, dates and times in ISO 8601, UUIDs in their canonical
+    form.
+    """
+    v = values_pb2.Value() if out is None else out
+    if value is None:
+        v.null_value = values_pb2.NULL_VALUE
+    elif isinstance(value, bool):
+        v.bool_value = value
+    elif isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise errors.DataError(f"integer {value} does not fit in 64 bits")
+        v.int64_value = value
+    elif isinstance(value, float):
+        v.double_value = value
+    elif isinstance(value, str):
+        v.text_value = value
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        v.blob_value = bytes(value)
+    elif isinstance(value, decimal.Decimal):
+        v.text_value = str(value)
+    elif isinstance(value, datetime.datetime):
+        v.text_value = value.isoformat(sep=" ")
+    elif isinstance(value, (datetime.date, datetime.time)):
+        v.text_value = value.isoformat()
+    elif isinstance(value, uuid.UUID):
+        v.text_value = str(value)
+    elif hasattr(value, "item") and callable(value.item):
+        # A numpy scalar (as pandas hands out): its Python equivalent.
+        return to_value(value.item(), v)
+    else:
+        raise errors.ProgrammingError(
+            f"cannot send a {type(value).__name__} as a parameter or kwarg"
+        )
+    return v
+
+
+def fill_kwargs(kwargs_map, kwargs, prefix=""):
+    """Fills a map<string, Value> from kwargs; nested dicts become dotted keys
+    ("create_engine_kwargs.pool_size"), as the daemon expects."""
+    for key, value in kwargs.items():
+        if isinstance(value, dict):
+            fill_kwargs(kwargs_map, value, f"{prefix}{key}.")
+        else:
+            to_value(value, kwargs_map[f"{prefix}{key}"])
+
+
+def fill_params(params_msg, params):
+    """Positional (sequence) or named (mapping) parameters into Params."""
+    if params is None:
+        return
+    if isinstance(params, dict):
+        for key, value in params.items():
+            to_value(value, params_msg.named[str(key)])
+    elif isinstance(params, (str, bytes)):
+        raise errors.ProgrammingError(
+            "parameters must be a sequence or a mapping, not a string"
+        )
+    else:
+        for value in params:
+            to_value(value, params_msg.positional.add())
+
+
+def ttl_seconds(ttl):
+    """Streamlit's ttl spellings: seconds, a timedelta, or "1h"-style text."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, datetime.timedelta):
+        return ttl.total_seconds()
+    if isinstance(ttl, str):
+        import pandas  # only for its duration parser
+
+        return pandas.Timedelta(ttl).total_seconds()
+    return float(ttl)
+
+
+def connect_request(name, type_, ttl, max_entries, kwargs):
+    request = broker_pb2.ConnectRequest(name=name, type=type_ or "")
+    seconds = ttl_seconds(ttl)
+    if seconds is not None:
+        request.ttl_seconds = seconds
+    if max_entries is not None:
+        request.max_entries = int(max_entries)
+    fill_kwargs(request.kwargs, kwargs)
+    return request
+
+
+# --- The Session stream ---------------------------------------------------
+
+_END = object()
+
+
+class Stream:
+    """One Session call, used by one thread at a time.
+
+    Requests are written from a queue the gRPC runtime drains; answers are
+    read on the caller's thread. `broken` turns true when the call ended
+    (daemon restart, network), after which a new Stream is needed.
+    """
+
+    def __init__(self, channel, metadata):
+        self._requests = queue.SimpleQueue()
+        session = channel.stream_stream(
+            SESSION_METHOD,
+            request_serializer=None,  # requests are encoded by send()
+            response_deserializer=session_pb2.SessionResponse.FromString,
+        )
+        self._call = session(iter(self._requests.get, _END),
+                             metadata=metadata)
+        self._next_id = 1
+        self._reader = None  # the QueryReader whose answer is being read
+        self.broken = False
+        self.notices = []  # SessionErrors the daemon sent unasked
+        # Whether the daemon holds a transaction open for this stream, as its
+        # last TransactionState said: a statement can end one (COMMIT as
+        # SQL, MySQL's DDL, an error that aborts it).
+        self.transaction_open = False
+
+    def close(self):
+        if not self.broken:
+            self._requests.put(_END)
+            self._call.cancel()
+            self.broken = True
+
+    def send(self, request):
+        """Writes a request (after finishing any unread answer); its id."""
+        if self._reader is not None:
+            self._reader.finish()
+        request.id = self._next_id
+        self._next_id += 1
+        self._requests.put(request.SerializeToString())
+        return request.id
+
+    def receive(self, request_id):
+        """The next message answering request_id; raises on an error."""
+        while True:
+            try:
+                response = next(self._call)
+            except StopIteration:
+                self.broken = True
+                raise errors.OperationalError(
+                    "the daemon ended the session stream") from None
+            except grpc.RpcError as e:
+                self.broken = True
+                raise errors.from_rpc_error(e) from None
+            if response.id == 0 and response.HasField("notice"):
+                self.notices.append(response.notice)
+                continue
+            if response.HasField("transaction"):
+                self.transaction_open = response.transaction.open
+            if response.id != request_id:
+                # An answer to a request this side gave up on (cancelled
+                # reader): skip it.
+                continue
+            if response.HasField("error"):
+                raise errors.from_session_error(response.error)
+            return response
+
+    def call(self, request):
+        """Sends a request whose answer is one message, and returns it."""
+        return self.receive(self.send(request))
+
+    def query(self, request):
+        """Sends a query; a QueryReader over its answer."""
+        request_id = self.send(request)
+        first = self.receive(request_id)
+        reader = QueryReader(self, request_id, first)
+        if not reader.done:
+            self._reader = reader
+        return reader
+
+    def cancel(self, request_id):
+        cancel = session_pb2.SessionRequest()
+        cancel.cancel.id = request_id
+        cancel.id = self._next_id
+        self._next_id += 1
+        self._requests.put(cancel.SerializeToString())
+
+    def _release(self, reader):
+        if self._reader is reader:
+            self._reader = None
+
+
+class QueryReader:
+    """A query's answer read message by message: schema, batches, summary."""
+
+    def __init__(self, stream, request_id, first):
+        self._stream = stream
+        self._id = request_id
+        self.schema = first.schema
+        self.summary = None
+        self._pending = [first] if first.HasField("batch") else []
+        self._buffered = False
+        self.done = False
+        self._take_summary(first)
+
+    def _take_summary(self, response):
+        if response.HasField("summary"):
+            self.summary = response.summary
+            self.done = True
+            self._stream._release(self)
+
+    def batches(self):
+        """Yields each RowBatch as it arrives."""
+        while True:
+            while self._pending:
+                yield self._pending.pop(0).batch
+            if self.done:
+                return
+            response = self._stream.receive(self._id)
+            self._take_summary(response)
+            if response.HasField("batch"):
+                self._pending.append(response)
+
+    def finish(self):
+        """Reads the rest of the answer into memory, because the stream is
+        needed for another request (another cursor of the connection)."""
+        while not self.done:
+            response = self._stream.receive(self._id)
+            self._take_summary(response)
+            if response.HasField("batch"):
+                self._pending.append(response)
+
+    def discard(self):
+        """Drops the rest of the answer: cancels the query on the daemon and
+        skips what it already sent."""
+        self._pending = []
+        if self.done:
+            return
+        self._stream.cancel(self._id)
+        try:
+            while not self.done:
+                response = self._stream.receive(self._id)
+                self._take_summary(response)
+        except errors.Error:
+            # The cancel's own CANCELLED answer (or the stream broke): the
+            # answer is over either way.
+            self.done = True
+            self._stream._release(self)
