@@ -154,7 +154,7 @@ def _mysql_time(text):
 
 
 _DECIMAL_TYPES = {"numeric", "decimal", "number", "decimal unsigned"}
-_TIMESTAMP_TYPES = {
+TIMESTAMP_TYPES = {
     "timestamp", "timestamptz", "datetime", "timestamp without time zone",
     "timestamp with time zone",
 }
@@ -171,7 +171,7 @@ def converter(flavor, database_type):
     kind = base_type(database_type)
     if kind in _DECIMAL_TYPES:
         return decimal.Decimal
-    if kind in _TIMESTAMP_TYPES:
+    if kind in TIMESTAMP_TYPES:
         return _timestamp
     if kind == "date":
         return _date
