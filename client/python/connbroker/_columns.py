@@ -77,6 +77,11 @@ def _value_of(value):
     return getattr(value, which)
 
 
+# Below this many rows a batch's numbers are read as Python values: a small
+# result (SELECT 1) is answered sooner without numpy's per-array set-up.
+_NUMPY_MIN_ROWS = 64
+
+
 def decode_column(vector, row_count):
     """A ColumnVector as ColumnData: numpy arrays for bools, int64s and
     doubles, lists for texts, blobs and mixed values."""
@@ -86,7 +91,10 @@ def decode_column(vector, row_count):
         if not nulls.any():
             nulls = None
     which = vector.WhichOneof("values")
-    if which == "int64s":
+    if row_count < _NUMPY_MIN_ROWS and which in ("int64s", "doubles", "bools"):
+        # A few values: numpy's set-up costs more than the Python objects.
+        values = list(getattr(vector, which).values)
+    elif which == "int64s":
         values = decode_varints(_packed_payload(vector.int64s))
     elif which == "doubles":
         values = np.frombuffer(_packed_payload(vector.doubles), dtype="<f8")

@@ -15,7 +15,7 @@ asks the same question of the same connection. ttl=0 runs it every time.
 
 import contextlib
 
-from connbroker import _frames, _transport, dbapi
+from connbroker import _frames, _sql, _transport, dbapi
 
 # What ttl=None means for query(): Streamlit caches such a result for the
 # life of the app, so the daemon keeps it as long as it keeps anything (a
@@ -68,13 +68,13 @@ class SQLConnection:
         seconds = _transport.ttl_seconds(ttl)
         if seconds is None:
             seconds = _CACHE_FOREVER_SECONDS
+        if not _sql.returns_rows(sql):
+            # Refused before it runs: a cached read is no place for a write.
+            raise dbapi.ProgrammingError(
+                "query() runs statements that return rows (SELECT, WITH, "
+                "... RETURNING); use session() for others")
         cursor = self._dbapi.cursor()
         cursor.execute(sql, params, ttl=seconds or None)
-        if cursor.description is None:
-            cursor.close()
-            raise dbapi.ProgrammingError(
-                "query() runs statements that return rows; use session() "
-                "for others")
         if chunksize is not None:
             return _closing_iter(
                 _frames.frames(cursor, self._dbapi.flavor, chunksize,
