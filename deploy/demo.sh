@@ -44,6 +44,14 @@ printf '%s\n' "BEGIN;" "INSERT INTO trips (city, km) VALUES ('Braga', 3.5);" "RO
 printf '\n\033[1m$ %s\033[0m\n' "$cli shell demo < txn.sql"
 "$cli" shell demo <"$work/txn.sql"
 step "$cli" query demo "SELECT city FROM trips WHERE city IN ('Braga', 'Coimbra')"
+echo; echo "# a Python process (Debian's /usr/bin/python3): st.connection's API and a"
+echo "# pandas DataFrame from the same shared connection and the daemon's cache"
+step env PYTHONPATH="$root/$build_dir/client/python" /usr/bin/python3 -c '
+import connbroker
+conn = connbroker.connection("demo")
+df = conn.query("SELECT city, km FROM trips ORDER BY id", ttl=60)
+print(df)
+print(df.dtypes.to_dict(), "handle", conn.handle)'
 step "$cli" connections
 step "$cli" stats
 echo; echo "daemon log: $work/connbrokerd.log"
