@@ -63,6 +63,38 @@ namespace {
 // would meet it again, so it is neither retried nor a reason to close the
 // pool. Everything about the statement itself is INVALID_ARGUMENT and not
 // retried.
+// The SQLSTATE a client driver would raise for an SQLite error that has a
+// standard one: a constraint (IntegrityError in DB-API terms, as the sqlite3
+// module raises) or data that does not fit. SQLite has no SQLSTATEs of its
+// own; the codes are PostgreSQL's, which clients already know. `rc` may be
+// an extended result code, which tells the constraints apart.
+absl::string_view StandardSqlState(int rc) {
+  switch (rc) {
+    case SQLITE_CONSTRAINT_UNIQUE:
+    case SQLITE_CONSTRAINT_PRIMARYKEY:
+    case SQLITE_CONSTRAINT_ROWID:
+      return "23505";
+    case SQLITE_CONSTRAINT_FOREIGNKEY:
+      return "23503";
+    case SQLITE_CONSTRAINT_NOTNULL:
+      return "23502";
+    case SQLITE_CONSTRAINT_CHECK:
+      return "23514";
+    default:
+      break;
+  }
+  switch (rc & 0xff) {
+    case SQLITE_CONSTRAINT:
+      return "23000";
+    case SQLITE_TOOBIG:
+      return "22001";  // string data, right truncation
+    case SQLITE_MISMATCH:
+      return "22000";  // a value of the wrong type for a STRICT column
+    default:
+      return "";
+  }
+}
+
 absl::Status SqliteStatus(int rc, absl::string_view message) {
   std::string text(message);
   switch (rc & 0xff) {
@@ -110,10 +142,13 @@ absl::Status SqliteStatus(int rc, absl::string_view message) {
     case SQLITE_MISUSE:
     case SQLITE_INTERNAL:
       return absl::InternalError(text);
-    default:
+    default: {
       // SQLITE_ERROR (syntax, no such table), CONSTRAINT, MISMATCH, RANGE,
       // TOOBIG, ...
-      return absl::InvalidArgumentError(text);
+      absl::string_view sqlstate = StandardSqlState(rc);
+      if (sqlstate.empty()) return absl::InvalidArgumentError(text);
+      return WithSqlState(absl::InvalidArgumentError(text), sqlstate);
+    }
   }
 }
 
@@ -124,6 +159,7 @@ absl::Status SqliteError(sqlite3* db, int rc) {
   // the failure at hand (rc from somewhere else), say what rc means.
   if (db != nullptr && (sqlite3_extended_errcode(db) & 0xff) == (rc & 0xff)) {
     message = sqlite3_errmsg(db);
+    rc = sqlite3_extended_errcode(db);  // which constraint, for the SQLSTATE
   } else {
     message = sqlite3_errstr(rc);
   }

@@ -403,6 +403,17 @@ TEST_F(SqliteDatabaseTest, BadSqlCarriesSqliteMessage) {
   ASSERT_FALSE(dup.ok());
   EXPECT_EQ(dup.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(dup.status().message(), HasSubstr("UNIQUE constraint failed"));
+  // With the SQLSTATE a client maps to IntegrityError; a syntax error has
+  // none.
+  EXPECT_EQ(SqlStateOf(dup.status()), "23505");
+  EXPECT_EQ(SqlStateOf(cursor.status()), "");
+  Exec(*db, "CREATE TABLE nn(a INTEGER NOT NULL CHECK (a > 0))");
+  EXPECT_EQ(
+      SqlStateOf(ExecuteNow(*db, "INSERT INTO nn VALUES (NULL)", {}).status()),
+      "23502");
+  EXPECT_EQ(
+      SqlStateOf(ExecuteNow(*db, "INSERT INTO nn VALUES (-1)", {}).status()),
+      "23514");
 
   // Foreign keys are on.
   Exec(*db, "CREATE TABLE parent(id INTEGER PRIMARY KEY)");
@@ -411,6 +422,7 @@ TEST_F(SqliteDatabaseTest, BadSqlCarriesSqliteMessage) {
       ExecuteNow(*db, "INSERT INTO child VALUES (42)", {});
   ASSERT_FALSE(orphan.ok());
   EXPECT_THAT(orphan.status().message(), HasSubstr("FOREIGN KEY"));
+  EXPECT_EQ(SqlStateOf(orphan.status()), "23503");
 }
 
 TEST_F(SqliteDatabaseTest, WritingQueryRunsOnTheWriter) {
