@@ -3,12 +3,13 @@
 # PostgreSQL and MariaDB servers (tests/servers/db-servers.sh), PgBouncer in
 # transaction pooling mode in front of that PostgreSQL, and a daemon on a
 # SQLite file and on those servers, all in a temporary directory; runs
-# connbroker_bench against them and prints one markdown table on stdout
-# (progress goes to stderr). Never part of ctest.
+# connbroker_bench against them, then the Python benchmarks
+# (tests/bench/python/python_bench.py, group "python"), and prints one
+# markdown table on stdout (progress goes to stderr). Never part of ctest.
 #
 #   bash tests/bench/run.sh [--seconds N] [--only GROUP,...]
 #       N seconds a scenario (3); GROUPs: sqlite, pg, mariadb, stream, rss,
-#       neighbour, session (default: all)
+#       neighbour, session, python (default: all)
 set -euo pipefail
 
 seconds=3
@@ -29,7 +30,8 @@ bash "$root/deploy/install-deps.sh" >&2
 # The build log is kept quiet unless it fails.
 log="$(mktemp)"
 if ! { cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release &&
-  cmake --build "$build" --target connbrokerd connbroker_bench connbroker; } >"$log" 2>&1; then
+  cmake --build "$build" --target connbrokerd connbroker_bench connbroker \
+    connbroker_python; } >"$log" 2>&1; then
   cat "$log" >&2
   rm -f "$log"
   echo "run.sh: build failed" >&2
@@ -204,17 +206,57 @@ if [[ ! -S "$tmp/b.sock" ]]; then
   exit 1
 fi
 
+# Group "python" is python_bench.py's; the others are connbroker_bench's.
+run_bench=true
+run_python=true
 only_flag=()
-[[ -n "$only" ]] && only_flag=(--only "$only")
-# In the background and waited for, so that a ^C or kill reaches the trap
-# at once instead of after the whole run.
-"$build/tests/bench/connbroker_bench" --target "unix:$tmp/b.sock" \
-  --db "$tmp/bench.db" --connection bench --seconds "$seconds" \
-  --daemon-pid "$daemon_pid" --cli "$build/client/connbroker" \
-  "${only_flag[@]}" &
-bench_pid=$!
-if ! wait "$bench_pid"; then
-  echo "run.sh: benchmark failed; the daemon's log:" >&2
-  cat "$tmp/daemon.log" >&2
-  exit 1
+if [[ -n "$only" ]]; then
+  bench_groups=""
+  run_python=false
+  IFS=, read -r -a groups <<<"$only"
+  for g in "${groups[@]}"; do
+    if [[ "$g" == python ]]; then
+      run_python=true
+    else
+      bench_groups+="${bench_groups:+,}$g"
+    fi
+  done
+  if [[ -n "$bench_groups" ]]; then
+    only_flag=(--only "$bench_groups")
+  else
+    run_bench=false
+  fi
+fi
+
+# Each in the background and waited for, so that a ^C or kill reaches the
+# trap at once instead of after the whole run.
+if $run_bench; then
+  "$build/tests/bench/connbroker_bench" --target "unix:$tmp/b.sock" \
+    --db "$tmp/bench.db" --connection bench --seconds "$seconds" \
+    --daemon-pid "$daemon_pid" --cli "$build/client/connbroker" \
+    "${only_flag[@]}" &
+  bench_pid=$!
+  if ! wait "$bench_pid"; then
+    echo "run.sh: benchmark failed; the daemon's log:" >&2
+    cat "$tmp/daemon.log" >&2
+    exit 1
+  fi
+fi
+
+# The Python rows continue connbroker_bench's table (their own header when
+# it did not run). Debian's python3, which has psycopg2, grpcio, numpy and
+# pandas; the package from the Release tree.
+if $run_python; then
+  header_flag=()
+  $run_bench || header_flag=(--header)
+  PYTHONPATH="$build/client/python" /usr/bin/python3 \
+    "$root/tests/bench/python/python_bench.py" --target "unix:$tmp/b.sock" \
+    --seconds "$seconds" --daemon-pid "$daemon_pid" \
+    --bouncer-pid "$bouncer_pid" "${header_flag[@]}" &
+  bench_pid=$!
+  if ! wait "$bench_pid"; then
+    echo "run.sh: Python benchmark failed; the daemon's log:" >&2
+    cat "$tmp/daemon.log" >&2
+    exit 1
+  fi
 fi

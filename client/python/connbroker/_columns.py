@@ -161,7 +161,40 @@ def _mysql_time(text):
     return -delta if sign else delta
 
 
+_INTERVAL = re.compile(
+    r"(?:(?P<years>[+-]?\d+) years? ?)?(?:(?P<months>[+-]?\d+) mons? ?)?"
+    r"(?:(?P<days>[+-]?\d+) days? ?)?"
+    r"(?:(?P<sign>[+-])?(?P<hours>\d+):(?P<minutes>\d\d):(?P<seconds>\d\d)"
+    r"(?:\.(?P<fraction>\d{1,6}))?)?")
+
+
+def _pg_interval(text):
+    """PostgreSQL's interval (IntervalStyle postgres: '1 year 2 mons -3 days
+    +04:05:06.5') as a timedelta, with psycopg2's month of 30 days and year
+    of 365; other styles stay text."""
+    match = _INTERVAL.fullmatch(text)
+    if not text or match is None:
+        return text
+    n = {k: int(v or 0) for k, v in match.groupdict().items()
+         if k not in ("sign", "fraction")}
+    try:
+        clock = datetime.timedelta(
+            hours=n["hours"], minutes=n["minutes"], seconds=n["seconds"],
+            microseconds=int((match["fraction"] or "0").ljust(6, "0")))
+        if match["sign"] == "-":
+            clock = -clock
+        return clock + datetime.timedelta(
+            days=365 * n["years"] + 30 * n["months"] + n["days"])
+    except OverflowError:  # past timedelta's 999999999 days
+        return text
+
+
 _DECIMAL_TYPES = {"numeric", "decimal", "number", "decimal unsigned"}
+# Integers past int64 (MySQL's BIGINT UNSIGNED) travel as text; they are ints
+# all the same, as mysqlclient returns them.
+_TEXT_INTEGER_TYPES = {"bigint unsigned", "int unsigned", "integer unsigned",
+                       "mediumint unsigned", "smallint unsigned",
+                       "tinyint unsigned"}
 TIMESTAMP_TYPES = {
     "timestamp", "timestamptz", "datetime", "timestamp without time zone",
     "timestamp with time zone",
@@ -179,12 +212,16 @@ def converter(flavor, database_type):
     kind = base_type(database_type)
     if kind in _DECIMAL_TYPES:
         return decimal.Decimal
+    if kind in _TEXT_INTEGER_TYPES:
+        return int
     if kind in TIMESTAMP_TYPES:
         return _timestamp
     if kind == "date":
         return _date
     if kind in _TIME_TYPES:
         return _mysql_time if flavor == "mysql" else _time
+    if kind == "interval" and flavor == "postgresql":
+        return _pg_interval
     return None
 
 

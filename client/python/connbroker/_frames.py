@@ -108,7 +108,10 @@ def _frame(columns, parts, index_col):
         data[column.name] = part.array()
     names = [c.name for c in columns]
     if len(set(names)) == len(names):
-        frame = pd.DataFrame(data, columns=names, copy=False)
+        # No columns= (the dict keeps their order): with it, pandas 1.5
+        # round-trips a datetime64 column through Python objects (1.8 s of
+        # 3.3 s for a million rows).
+        frame = pd.DataFrame(data, copy=False)
     else:
         # Duplicate names (SELECT a.id, b.id): by position, as read_sql.
         frame = pd.DataFrame(

@@ -345,6 +345,8 @@ class Connection:
         return self._closed
 
     def cursor(self):
+        if self._closed:
+            raise errors.InterfaceError("the connection is closed")
         return Cursor(self)
 
     def _native_sql(self, sql, parameters):
@@ -423,9 +425,14 @@ class Cursor:
         self._check()
         self._drop_result()
         conn = self.connection
-        conn._begin_before(operation)
+        rows = _sql.returns_rows(operation)
+        # A query with a ttl reads the daemon's shared result cache, which
+        # no transaction's reads go through: it opens none (inside one that
+        # is open already it runs uncached, seeing the transaction's writes).
+        if not (rows and _transport.ttl_seconds(ttl)):
+            conn._begin_before(operation)
         operation = conn._native_sql(operation, parameters)
-        if _sql.returns_rows(operation):
+        if rows:
             self._query(operation, parameters, ttl, chunk_rows)
         else:
             def build(request, handle):
@@ -567,7 +574,11 @@ class Cursor:
 
     def close(self):
         if not self._closed:
+            # rowcount and lastrowid stay readable, as with sqlite3 and
+            # psycopg2: SQLAlchemy reads an INSERT's after closing the cursor.
+            rowcount, lastrowid = self.rowcount, self.lastrowid
             self._drop_result()
+            self.rowcount, self.lastrowid = rowcount, lastrowid
             self._closed = True
 
     def setinputsizes(self, sizes):
