@@ -11,7 +11,8 @@ import os
 import shutil
 import subprocess
 
-from setuptools import setup
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -69,6 +70,50 @@ class BuildPyWithStubs(build_py):
             f.write('"""Generated from proto/connbroker/v1 at build time."""\n')
 
 
+def _pkg_config(*args):
+    try:
+        out = subprocess.run(["pkg-config", *args, "grpc++"], check=True,
+                             capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return out.split()
+
+
+class OptionalBuildExt(build_ext):
+    """Builds connbroker._native, the gRPC C++ transport, when gRPC C++ is
+    there to build it (Debian's libgrpc++-dev); without it the package uses
+    grpcio, slower per call. CONNBROKER_REQUIRE_NATIVE=1 makes a failed
+    build an error (the repository's own build sets it)."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as e:  # noqa: BLE001 - any compiler failure
+            self._give_up(e)
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as e:  # noqa: BLE001
+            self._give_up(e)
+
+    @staticmethod
+    def _give_up(error):
+        if os.environ.get("CONNBROKER_REQUIRE_NATIVE") == "1":
+            raise error
+        print(f"connbroker: not building the gRPC C++ transport ({error}); "
+              "the package will use grpcio")
+
+
+NATIVE = Extension(
+    "connbroker._native",
+    sources=["connbroker/_native.cc"],
+    language="c++",
+    extra_compile_args=["-std=c++17", "-O2", "-fvisibility=hidden",
+                        *[f for f in _pkg_config("--cflags")]],
+    extra_link_args=_pkg_config("--libs"),
+)
+
 DIALECTS = [
     "sqlite.connbroker = connbroker.sqlalchemy:SQLiteDialect_connbroker",
     "postgresql.connbroker = "
@@ -86,5 +131,6 @@ setup(
     python_requires=">=3.9",
     install_requires=["grpcio", "protobuf", "numpy", "pandas", "sqlalchemy>=1.4"],
     entry_points={"sqlalchemy.dialects": DIALECTS},
-    cmdclass={"build_py": BuildPyWithStubs},
+    ext_modules=[NATIVE],
+    cmdclass={"build_py": BuildPyWithStubs, "build_ext": OptionalBuildExt},
 )

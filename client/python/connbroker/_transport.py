@@ -37,8 +37,26 @@ def default_target():
     return f"unix:/tmp/connbroker-{os.getuid()}/connbroker.sock"
 
 
+def _load_native():
+    """The gRPC C++ transport (_native.cc), unless $CONNBROKER_TRANSPORT is
+    "grpcio" or it was not built; None means grpcio."""
+    if os.environ.get("CONNBROKER_TRANSPORT", "") == "grpcio":
+        return None
+    try:
+        from connbroker import _native
+    except ImportError:
+        if os.environ.get("CONNBROKER_TRANSPORT", "") == "native":
+            raise
+        return None
+    return _native
+
+
+_NATIVE = _load_native()
+TRANSPORT = "native" if _NATIVE is not None else "grpcio"
+
+
 class _Channels:
-    """One gRPC channel per (target, credentials) per process.
+    """One channel per (target, credentials) per process.
 
     A channel is safe to share between threads, and opening one costs a
     connection setup, so every connection of a process to the same daemon
@@ -65,6 +83,12 @@ class _Channels:
 
 
 def _open_channel(target, ca_file):
+    roots = None
+    if not target.startswith("unix:") and ca_file:
+        with open(ca_file, "rb") as f:
+            roots = f.read()
+    if _NATIVE is not None:
+        return _NATIVE.Channel(target, roots, _MAX_MESSAGE_BYTES)
     options = [
         ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
@@ -73,10 +97,9 @@ def _open_channel(target, ca_file):
         ("grpc.initial_reconnect_backoff_ms", 50),
         ("grpc.max_reconnect_backoff_ms", 1000),
     ]
-    if target.startswith("unix:") or not ca_file:
+    if roots is None:
         return grpc.insecure_channel(target, options=options)
-    with open(ca_file, "rb") as f:
-        credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+    credentials = grpc.ssl_channel_credentials(root_certificates=roots)
     return grpc.secure_channel(target, credentials, options=options)
 
 
@@ -207,15 +230,12 @@ class Stream:
     """
 
     def __init__(self, channel, metadata):
-        self._requests = queue.SimpleQueue()
-        session = channel.stream_stream(
-            SESSION_METHOD,
-            request_serializer=None,  # requests are encoded by send()
-            response_deserializer=session_pb2.SessionResponse.FromString,
-        )
-        self._call = session(iter(self._requests.get, _END),
-                             metadata=metadata)
+        if _NATIVE is not None:
+            self._call = _NativeCall(channel, metadata)
+        else:
+            self._call = _GrpcioCall(channel, metadata)
         self._next_id = 1
+        self._closed = False
         self._reader = None  # the QueryReader whose answer is being read
         self.broken = False
         self.notices = []  # SessionErrors the daemon sent unasked
@@ -225,10 +245,10 @@ class Stream:
         self.transaction_open = False
 
     def close(self):
-        if not self.broken:
-            self._requests.put(_END)
-            self._call.cancel()
+        if not self._closed:
+            self._closed = True
             self.broken = True
+            self._call.close()
 
     def send(self, request):
         """Writes a request (after finishing any unread answer); its id."""
@@ -236,21 +256,28 @@ class Stream:
             self._reader.finish()
         request.id = self._next_id
         self._next_id += 1
-        self._requests.put(request.SerializeToString())
+        self._write(request)
         return request.id
+
+    def _write(self, request):
+        try:
+            self._call.write(request.SerializeToString())
+        except BaseException:
+            # Also KeyboardInterrupt: where the stream stands is unknown.
+            self.broken = True
+            raise
 
     def receive(self, request_id):
         """The next message answering request_id; raises on an error."""
         while True:
             try:
-                response = next(self._call)
-            except StopIteration:
+                response = session_pb2.SessionResponse.FromString(
+                    self._call.read())
+            except BaseException:
+                # An interrupted read (Ctrl-C) leaves the rest of an answer
+                # unread: the stream cannot be used again.
                 self.broken = True
-                raise errors.OperationalError(
-                    "the daemon ended the session stream") from None
-            except grpc.RpcError as e:
-                self.broken = True
-                raise errors.from_rpc_error(e) from None
+                raise
             if response.id == 0 and response.HasField("notice"):
                 self.notices.append(response.notice)
                 continue
@@ -282,11 +309,72 @@ class Stream:
         cancel.cancel.id = request_id
         cancel.id = self._next_id
         self._next_id += 1
-        self._requests.put(cancel.SerializeToString())
+        self._write(cancel)
 
     def _release(self, reader):
         if self._reader is reader:
             self._reader = None
+
+
+class _GrpcioCall:
+    """A Session call on grpcio: requests go through a queue that grpcio's
+    own thread drains; answers are read from its response iterator."""
+
+    def __init__(self, channel, metadata):
+        self._requests = queue.SimpleQueue()
+        session = channel.stream_stream(
+            SESSION_METHOD, request_serializer=None,
+            response_deserializer=None)  # bytes both ways
+        self._responses = session(iter(self._requests.get, _END),
+                                  metadata=metadata)
+
+    def write(self, data):
+        self._requests.put(data)
+
+    def read(self):
+        try:
+            return next(self._responses)
+        except StopIteration:
+            raise errors.OperationalError(
+                "the daemon ended the session stream") from None
+        except grpc.RpcError as e:
+            raise errors.from_rpc_error(e) from None
+
+    def close(self):
+        self._requests.put(_END)
+        self._responses.cancel()
+
+
+class _NativeCall:
+    """A Session call on gRPC C++ (_native.cc): written and read from the
+    calling thread, no hand-off between threads."""
+
+    def __init__(self, channel, metadata):
+        self._stream = _NATIVE.Stream(channel, metadata)
+
+    def write(self, data):
+        if not self._stream.write(data):
+            self._ended()
+
+    def read(self):
+        data = self._stream.read()
+        if data is None:
+            self._ended()
+        return data
+
+    def _ended(self):
+        code, message = self._stream.finish()
+        if code == grpc.StatusCode.CANCELLED.value[0] and not message:
+            raise errors.OperationalError(
+                "the stream to the daemon was cancelled (interrupted)",
+                code=grpc.StatusCode.CANCELLED)
+        if code == 0:
+            raise errors.OperationalError(
+                "the daemon ended the session stream")
+        raise errors.from_status(code, message)
+
+    def close(self):
+        self._stream.finish()
 
 
 class QueryReader:

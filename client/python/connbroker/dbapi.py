@@ -197,13 +197,7 @@ class Connection:
     def _live_stream(self):
         if self._closed:
             raise errors.InterfaceError("the connection is closed")
-        if self._stream is not None and self._stream.broken and \
-                self._stream.transaction_open:
-            # The stream ended inside a transaction, which the daemon rolled
-            # back. Statements fail until the application rolls back too, so
-            # none meant for the transaction runs outside it.
-            self._stream.transaction_open = False
-            self._lost_transaction = True
+        self._note_broken_stream()
         if self._lost_transaction:
             raise errors.OperationalError(
                 "the connection to the daemon broke inside a transaction, "
@@ -213,6 +207,15 @@ class Connection:
                                               self._token_file)
             self._stream = _transport.Stream(channel, self._metadata)
         return self._stream
+
+    def _note_broken_stream(self):
+        if self._stream is not None and self._stream.broken and \
+                self._stream.transaction_open:
+            # The stream ended inside a transaction, which the daemon rolled
+            # back. Statements fail until the application rolls back too, so
+            # none meant for the transaction runs outside it.
+            self._stream.transaction_open = False
+            self._lost_transaction = True
 
     def _connect(self):
         request = session_pb2.SessionRequest()
@@ -307,6 +310,7 @@ class Connection:
     def _end(self, field):
         if self._closed:
             raise errors.InterfaceError("the connection is closed")
+        self._note_broken_stream()
         if self._lost_transaction:
             self._lost_transaction = False
             if field == "commit":

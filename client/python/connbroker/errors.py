@@ -153,8 +153,17 @@ def from_session_error(error):
 def from_rpc_error(rpc_error):
     """A failed gRPC call (the stream itself, not one request) as an
     exception: the daemon is unreachable, restarting, or refused the call."""
-    code = rpc_error.code()
-    details = rpc_error.details() or code.name
+    return _call_failed(rpc_error.code(), rpc_error.details())
+
+
+def from_status(code_number, details):
+    """The same, from a status code number (the gRPC C++ transport)."""
+    return _call_failed(
+        _CODE_BY_NUMBER.get(code_number, grpc.StatusCode.UNKNOWN), details)
+
+
+def _call_failed(code, details):
+    details = details or code.name
     if code == grpc.StatusCode.UNAVAILABLE:
         details = f"connbroker daemon unavailable: {details}"
     return make(code, details)
