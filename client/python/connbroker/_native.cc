@@ -17,6 +17,7 @@
 #include <Python.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -80,43 +81,77 @@ PyTypeObject ChannelType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
 // One Session call. Used by one Python thread at a time (the package's
 // Stream guarantees it); cancel() may come from any thread.
+//
+// A write is started and left in flight: its completion is collected by the
+// next wait (usually the read of its answer), which saves a wait per
+// request. gRPC allows one write and one read in flight at a time.
 struct Call {
+  enum Tag : intptr_t { kStart = 1, kWrite, kRead, kFinish };
+
   grpc::ClientContext context;
   grpc::CompletionQueue queue;
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream;
+  bool write_in_flight = false;
+  bool read_in_flight = false;
   bool ended = false;  // a read or write failed: only finish() is left
   bool finished = false;
   grpc::Status status;
 
-  // Waits for the one operation in flight; false when it failed.
-  bool Wait() {
-    void* tag = nullptr;
-    bool ok = false;
-    if (!queue.Next(&tag, &ok)) return false;
-    return ok;
+  static void* TagOf(Tag tag) { return reinterpret_cast<void*>(tag); }
+
+  // Notes one completed operation; `ok` false means the call is over.
+  void Completed(void* tag, bool ok) {
+    if (tag == TagOf(kWrite)) write_in_flight = false;
+    if (tag == TagOf(kRead)) read_in_flight = false;
+    if (!ok) ended = true;
   }
 
-  // Wait() for a Python caller, holding the global lock but between waits:
-  // 1 done, 0 failed, -1 a signal handler raised (Ctrl-C during a long
-  // query), in which case the call is cancelled and the exception is set.
-  // A wait is never cut short while the answer comes: AsyncNext returns as
-  // soon as the operation completes.
-  int WaitFromPython() {
+  // Waits, without Python's lock (or any), until `tag` completes; its ok.
+  bool Wait(Tag tag) {
     for (;;) {
-      void* tag = nullptr;
+      void* got = nullptr;
       bool ok = false;
-      grpc::CompletionQueue::NextStatus status;
+      if (!queue.Next(&got, &ok)) return false;
+      Completed(got, ok);
+      if (got == TagOf(tag)) return ok;
+    }
+  }
+
+  // Waits until nothing is in flight (before finishing the call).
+  void Drain() {
+    while (write_in_flight || read_in_flight) {
+      void* got = nullptr;
+      bool ok = false;
+      if (!queue.Next(&got, &ok)) return;
+      Completed(got, ok);
+    }
+  }
+
+  // Wait(tag) for a Python caller, releasing its lock while waiting: 1 done,
+  // 0 failed, -1 a signal handler raised (Ctrl-C during a long query), in
+  // which case the call is cancelled and the exception is set. The wait is
+  // cut in 200 ms slices only to run signal handlers; AsyncNext returns as
+  // soon as an operation completes.
+  int WaitFromPython(Tag tag) {
+    for (;;) {
+      void* got = nullptr;
+      bool ok = false;
+      grpc::CompletionQueue::NextStatus next;
       Py_BEGIN_ALLOW_THREADS;
-      status = queue.AsyncNext(
-          &tag, &ok,
+      next = queue.AsyncNext(
+          &got, &ok,
           std::chrono::system_clock::now() + std::chrono::milliseconds(200));
       Py_END_ALLOW_THREADS;
-      if (status == grpc::CompletionQueue::GOT_EVENT) return ok ? 1 : 0;
-      if (status == grpc::CompletionQueue::SHUTDOWN) return 0;
+      if (next == grpc::CompletionQueue::GOT_EVENT) {
+        Completed(got, ok);
+        if (got == TagOf(tag)) return ok ? 1 : 0;
+        continue;
+      }
+      if (next == grpc::CompletionQueue::SHUTDOWN) return 0;
       if (PyErr_CheckSignals() != 0) {
         context.TryCancel();
         Py_BEGIN_ALLOW_THREADS;
-        Wait();  // the operation ends, failed, once the call is cancelled
+        Drain();  // what is in flight ends, failed, once cancelled
         Py_END_ALLOW_THREADS;
         ended = true;
         return -1;
@@ -124,16 +159,24 @@ struct Call {
     }
   }
 
+  // Ends the call (cancelling it unless it has ended already) and keeps its
+  // status. Called without Python's lock.
+  void Finish() {
+    if (finished) return;
+    if (!ended) context.TryCancel();
+    Drain();
+    stream->Finish(&status, TagOf(kFinish));
+    Wait(kFinish);
+    finished = true;
+    ended = true;
+  }
+
   ~Call() {
-    if (stream != nullptr && !finished) {
-      context.TryCancel();
-      stream->Finish(&status, this);
-      Wait();
-    }
+    if (stream != nullptr) Finish();
     queue.Shutdown();
-    void* tag = nullptr;
+    void* got = nullptr;
     bool ok = false;
-    while (queue.Next(&tag, &ok)) {
+    while (queue.Next(&got, &ok)) {
     }
   }
 };
@@ -172,8 +215,8 @@ int StreamInit(StreamObject* self, PyObject* args, PyObject* kwargs) {
   call->stream = stub.PrepareCall(&call->context, kSessionMethod, &call->queue);
   bool started = false;
   Py_BEGIN_ALLOW_THREADS;
-  call->stream->StartCall(call.get());
-  started = call->Wait();
+  call->stream->StartCall(Call::TagOf(Call::kStart));
+  started = call->Wait(Call::kStart);
   Py_END_ALLOW_THREADS;
   call->ended = !started;
   delete self->call;
@@ -200,7 +243,8 @@ Call* CallOf(StreamObject* self) {
 }
 
 // write(data: bytes) -> bool: false when the stream has ended (read() and
-// finish() say why).
+// finish() say why). Returns once the write is started; a write still in
+// flight from before is waited for first.
 PyObject* StreamWrite(StreamObject* self, PyObject* arg) {
   Call* call = CallOf(self);
   if (call == nullptr) return nullptr;
@@ -208,13 +252,15 @@ PyObject* StreamWrite(StreamObject* self, PyObject* arg) {
   if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) != 0) return nullptr;
   grpc::Slice slice(view.buf, static_cast<size_t>(view.len));
   PyBuffer_Release(&view);
+  if (call->write_in_flight && call->WaitFromPython(Call::kWrite) < 0) {
+    return nullptr;
+  }
   if (call->ended) Py_RETURN_FALSE;
+  // Write takes its own reference to the slice: the buffer may go.
   grpc::ByteBuffer buffer(&slice, 1);
-  call->stream->Write(buffer, call);
-  int done = call->WaitFromPython();
-  if (done < 0) return nullptr;
-  if (done == 0) call->ended = true;
-  return PyBool_FromLong(done);
+  call->stream->Write(buffer, Call::TagOf(Call::kWrite));
+  call->write_in_flight = true;
+  Py_RETURN_TRUE;
 }
 
 // read() -> bytes, or None once the stream has ended.
@@ -223,13 +269,11 @@ PyObject* StreamRead(StreamObject* self, PyObject*) {
   if (call == nullptr) return nullptr;
   if (call->ended) Py_RETURN_NONE;
   grpc::ByteBuffer buffer;
-  call->stream->Read(&buffer, call);
-  int done = call->WaitFromPython();
+  call->stream->Read(&buffer, Call::TagOf(Call::kRead));
+  call->read_in_flight = true;
+  int done = call->WaitFromPython(Call::kRead);
   if (done < 0) return nullptr;
-  if (done == 0) {
-    call->ended = true;
-    Py_RETURN_NONE;
-  }
+  if (done == 0) Py_RETURN_NONE;
   std::vector<grpc::Slice> slices;
   if (!buffer.Dump(&slices).ok()) {
     PyErr_SetString(PyExc_RuntimeError, "cannot read a gRPC message");
@@ -256,12 +300,8 @@ PyObject* StreamFinish(StreamObject* self, PyObject*) {
   if (call == nullptr) return nullptr;
   if (!call->finished) {
     Py_BEGIN_ALLOW_THREADS;
-    if (!call->ended) call->context.TryCancel();
-    call->stream->Finish(&call->status, call);
-    call->Wait();
+    call->Finish();
     Py_END_ALLOW_THREADS;
-    call->finished = true;
-    call->ended = true;
   }
   const std::string& message = call->status.error_message();
   return Py_BuildValue("(is#)", static_cast<int>(call->status.error_code()),
