@@ -14,12 +14,13 @@ packages=(
   # and sanitizer runtimes are in libclang-rt-14-dev, which clang does not
   # depend on.
   clang libclang-rt-14-dev
-  # client/python and its tests and benchmarks. The build installs nothing
-  # from a package index: every Python module is Debian's, for
-  # /usr/bin/python3.
+  # client/python and its tests and benchmarks. Nothing comes from a
+  # package index: every Python module is Debian's, for /usr/bin/python3.
   python3 python3-grpcio python3-protobuf python3-numpy python3-pandas
   python3-sqlalchemy python3-pytest python3-psycopg2 python3-setuptools
-  python3-pip
+  python3-pip python3-wheel
+  # Python.h, for the package's gRPC C++ transport (connbroker/_native.cc).
+  python3-dev
 )
 
 missing=()
