@@ -98,6 +98,13 @@ class Daemon:
         return json.loads(self.cli("stats", "--format", "json").stdout)
 
     def stop(self):
+        """Stops the daemon (SIGTERM); a daemon that died on its own before
+        fails the test with its log."""
+        died = self.process.poll()
+        if died is not None:
+            raise AssertionError(
+                f"connbrokerd exited by itself ({died}); its log:\n"
+                f"{self.log()[-20000:]}")
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -129,8 +136,11 @@ def daemon():
     d.urls = urls
     try:
         yield d
-    finally:
         d.stop()
+    finally:
+        if d.process.poll() is None:
+            d.process.kill()
+            d.process.wait()
         shutil.rmtree(directory, ignore_errors=True)
 
 
