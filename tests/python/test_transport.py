@@ -1,6 +1,7 @@
 """The package's transport: gRPC C++ (connbroker._native) in the build,
 grpcio as the fallback, and what an interrupted call leaves behind."""
 
+import json
 import os
 import signal
 import subprocess
@@ -79,3 +80,38 @@ def test_ctrl_c_cancels_a_running_query_and_the_transaction(backend, target,
     # The daemon rolled the transaction back when the stream ended.
     wait_for(lambda: daemon.stats()["transactions_open"] == before - 1,
              what="the transaction's rollback")
+
+
+def test_an_encoded_query_request_is_the_session_request_protobuf_makes():
+    from connbroker.v1 import broker_pb2, session_pb2
+
+    query = broker_pb2.QueryRequest(sql="SELECT 1", ttl_seconds=600,
+                                    chunk_rows=7)
+    query.target.handle = "h_" + "ab" * 16
+    for request_id in (1, 127, 128, 300, 2**32 + 5, 2**63):
+        expected = session_pb2.SessionRequest(id=request_id)
+        expected.query.CopyFrom(query)
+        encoded = _transport.encode_query_request(
+            request_id, query.SerializeToString())
+        assert session_pb2.SessionRequest.FromString(encoded) == expected
+
+
+def test_a_repeated_statement_follows_a_new_handle(daemon, target):
+    # The kept encoding names the handle: after a reset of the connection
+    # cache (the daemon restarted and forgot the handle), the connection
+    # connects again and must not send the old one.
+    conn = dbapi.connect("sqlite")
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    assert cur.fetchall() == [(1,)]
+    old = conn.handle
+    conn._connect_request.max_entries = 3  # a different cache: a new handle
+    conn._connect()
+    assert conn.handle != old
+    cur.execute("SELECT 1")
+    assert cur.fetchall() == [(1,)]
+    listed = json.loads(
+        daemon.cli("connections", "--format", "json").stdout)["connections"]
+    queries = {c["handle"]: c["queries"] for c in listed}
+    assert queries[conn.handle] == 1  # the second SELECT went to the new one

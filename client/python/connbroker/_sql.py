@@ -7,6 +7,7 @@ does any statement with RETURNING. Comments, whitespace and opening
 parentheses before the first keyword are skipped.
 """
 
+import functools
 import re
 
 _LEADING = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/|\()*", re.S)
@@ -28,12 +29,14 @@ def first_keyword(sql):
     return match.group(0).upper() if match else ""
 
 
+@functools.lru_cache(maxsize=1024)
 def returns_rows(sql):
     if first_keyword(sql) in _ROW_KEYWORDS:
         return True
     return _RETURNING.search(_QUOTED.sub("", sql)) is not None
 
 
+@functools.lru_cache(maxsize=1024)
 def is_sqlite_dml(sql):
     return first_keyword(sql) in _SQLITE_DML
 

@@ -33,7 +33,7 @@ from connbroker.errors import (  # noqa: F401 - PEP 249 module attributes
     DatabaseError, DataError, Error, IntegrityError, InterfaceError,
     InternalError, NotSupportedError, OperationalError, ProgrammingError,
     Warning)
-from connbroker.v1 import session_pb2
+from connbroker.v1 import broker_pb2, session_pb2
 
 apilevel = "2.0"
 # Threads may share the module, not connections: a connection is one stream
@@ -42,6 +42,12 @@ threadsafety = 1
 paramstyle = "qmark"  # and "named", told apart by the parameters' type
 
 _UNAVAILABLE = "UNAVAILABLE"
+# Encoded requests of parameterless statements kept per connection.
+_ENCODED_QUERIES_KEPT = 256
+
+
+def _nothing_to_build(request, handle):
+    pass
 
 
 @functools.lru_cache(maxsize=512)
@@ -230,16 +236,34 @@ class Connection:
             else:
                 raise
         self.handle = answer.handle
+        self._encoded_queries = {}
         self.description = answer.description
         self.scope = answer.scope
         self.flavor = flavor_of(answer.description)
 
-    def _run(self, build, use):
+    def _encoded_query(self, sql, ttl_seconds, chunk_rows):
+        """The encoded QueryRequest of a parameterless statement on this
+        connection's handle, built once (the cache is dropped with the
+        handle, and bounded)."""
+        key = (sql, ttl_seconds, chunk_rows)
+        encoded = self._encoded_queries.get(key)
+        if encoded is None:
+            request = broker_pb2.QueryRequest(sql=sql, chunk_rows=chunk_rows)
+            request.target.handle = self.handle
+            if ttl_seconds:
+                request.ttl_seconds = ttl_seconds
+            encoded = request.SerializeToString()
+            if len(self._encoded_queries) >= _ENCODED_QUERIES_KEPT:
+                self._encoded_queries.clear()
+            self._encoded_queries[key] = encoded
+        return encoded
+
+    def _run(self, build, use, resend_if_broken=False):
         """Runs one request: build(request, target) fills it, use(stream,
         request) sends it and reads the answer. Outside a transaction, a
         handle the daemon forgot (it restarted) is connected again and the
-        request sent once more; a read is also re-sent once on a new stream
-        when the old one broke."""
+        request sent once more; a read (resend_if_broken) is also re-sent
+        once on a new stream when the old one broke."""
         for attempt in range(2):
             stream = self._live_stream()
             request = session_pb2.SessionRequest()
@@ -253,9 +277,8 @@ class Connection:
                 if e.reason == "UNKNOWN_HANDLE":
                     self._connect()
                     continue
-                if (stream.broken and e.code is not None and
-                        e.code.name == _UNAVAILABLE and
-                        request.WhichOneof("request") == "query"):
+                if (resend_if_broken and stream.broken and
+                        e.code is not None and e.code.name == _UNAVAILABLE):
                     continue
                 raise
         raise AssertionError("unreachable")
@@ -461,7 +484,17 @@ class Cursor:
                 request.query.ttl_seconds = seconds
             request.query.chunk_rows = chunk_rows
 
-        reader = self.connection._run(build, lambda s, r: s.query(r))
+        conn = self.connection
+        if parameters is None or not parameters:
+            # The same statement again (a dashboard's queries): its request
+            # is kept encoded by the connection.
+            def use(stream, request):
+                return stream.query_encoded(
+                    conn._encoded_query(sql, seconds, chunk_rows))
+            reader = conn._run(_nothing_to_build, use, resend_if_broken=True)
+        else:
+            reader = conn._run(build, lambda s, r: s.query(r),
+                               resend_if_broken=True)
         self._reader = reader
         self._columns = list(reader.schema.columns)
         self.description = [
