@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/debugging/failure_signal_handler.h"
+#include "absl/debugging/symbolize.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -144,7 +146,21 @@ std::vector<config::SecretsFile> SecretsFiles(
   return config::SecretsFilePaths(discovery);
 }
 
+// A crash (SIGSEGV, SIGABRT, ...) writes the faulting thread's stack to
+// stderr, the daemon's log, before the process dies as it would have: a
+// daemon that vanished otherwise leaves nothing to go on. SIGTERM, which
+// absl's handler also takes, stays the drain's: it is blocked and taken by
+// the sigwait loop.
+void InstallCrashReporter(const char* argv0) {
+  absl::InitializeSymbolizer(argv0);
+  absl::FailureSignalHandlerOptions options;
+  options.call_previous_handler = true;
+  absl::InstallFailureSignalHandler(options);
+  ::signal(SIGTERM, SIG_DFL);
+}
+
 int Run(int argc, char** argv) {
+  InstallCrashReporter(argv[0]);
   Flags flags = ParseFlags(argc, argv);
   // glibc gives each thread that allocates its own arena (up to 8 per core),
   // and freed memory stays in them: with gRPC's threads and the workers a
