@@ -76,9 +76,13 @@ class _ColumnParts:
         return pd.arrays.BooleanArray(values, nulls)
 
     def _objects(self):
+        timestamp = _is_timestamp(self.column)
+        # Timestamps sent as text (or all NULL) go to pandas' parser whole.
+        parse = timestamp and all(d.vector in ("texts", None)
+                                  for d, _ in self.parts)
         values = []
         for data, _ in self.parts:
-            if data.vector == "texts" and _is_timestamp(self.column):
+            if data.vector == "texts" and timestamp:
                 # Text for pandas' own parser, not Python datetimes.
                 texts = data.values
                 if data.nulls is not None:
@@ -88,8 +92,7 @@ class _ColumnParts:
             else:
                 values.extend(_columns.python_values(self.column, data,
                                                      self.flavor))
-        if _is_timestamp(self.column) and values and \
-                all(v is None or isinstance(v, str) for v in values):
+        if parse and values:
             converted = _datetimes(self.column, values)
             if converted is not None:
                 return converted
