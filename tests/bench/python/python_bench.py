@@ -456,25 +456,23 @@ def frame_group(args):
         ref, frame_notes(ref, args.rows) +
         "; psycopg2 default cursor (whole result in libpq, a Python object "
         "per cell)")
-    progress(f"DataFrame {shape}: connbroker.connection().query")
-    m = measure(args, "frame_broker", 1)
-    row(f"P2. broker `connbroker.connection(\"pg\").query(sql, ttl=0)`, "
-        f"DataFrame {shape}", m,
-        frame_notes(m, args.rows, ref) + "; run by PostgreSQL every time; "
-        "built column-wise from the batches")
-    progress(f"DataFrame {shape}: connbroker.connection().query, cached")
-    m = measure(args, "frame_broker_cached", 1)
-    row(f"P2. broker `connbroker.connection(\"pg\").query(sql, ttl=600)`, "
-        f"result-cache hit, DataFrame {shape}", m,
-        frame_notes(m, args.rows, ref) + "; every timed run served from the "
-        "daemon's result cache (what query()'s default ttl=None gives after "
-        "the first run)")
-    progress(f"DataFrame {shape}: dbapi fetchall + pd.DataFrame")
-    m = measure(args, "frame_dbapi", 1)
-    row(f"P2. broker dbapi fetchall + `pd.DataFrame.from_records`, "
-        f"DataFrame {shape}", m,
-        frame_notes(m, args.rows, ref) + "; row tuples, a Python object per "
-        "cell (what a DB-API user without .query() would write)")
+    broker_rows = [
+        ("frame_broker", "broker `connbroker.connection(\"pg\").query(sql, "
+         "ttl=0)`", "run by PostgreSQL every time; built column-wise from "
+         "the batches"),
+        ("frame_broker_cached", "broker `connbroker.connection(\"pg\")"
+         ".query(sql, ttl=600)`, result-cache hit", "every timed run served "
+         "from the daemon's result cache (what query()'s default ttl=None "
+         "gives after the first run)"),
+        ("frame_dbapi", "broker dbapi fetchall + `pd.DataFrame.from_records`",
+         "row tuples, a Python object per cell (what a DB-API user without "
+         ".query() would write)"),
+    ]
+    for kind, label, note in broker_rows:
+        progress(f"DataFrame {shape}: {kind}")
+        m = measure(args, kind, 1)
+        row(f"P2. {label}, DataFrame {shape}", m,
+            f"{frame_notes(m, args.rows, ref)}; {note}")
 
 
 def machine_line(args):
