@@ -475,3 +475,23 @@ def test_mysql_scheme_on_mariadb(target, daemon, table_name):
         assert not sa.inspect(eng).has_table(table_name)
     finally:
         eng.dispose()
+
+
+def test_mysql_error_numbers_reach_the_dialect(daemon, target):
+    # SQLAlchemy's MySQL dialect decides on error numbers (reflection's
+    # 1146, is_disconnect's lost-connection ones); the daemon's message
+    # carries them.
+    if "mariadb" not in daemon.urls:
+        pytest.skip("no mariadb server")
+    eng = sa.create_engine("mariadb+connbroker:///mariadb")
+    try:
+        with pytest.raises(exc.ProgrammingError) as raised:
+            with eng.connect() as conn:
+                conn.execute(sa.text("SELEC 1"))
+        assert eng.dialect._extract_error_code(raised.value.orig) == 1064
+        with pytest.raises(exc.ProgrammingError) as raised:
+            with eng.connect() as conn:
+                conn.execute(sa.text("SELECT * FROM no_such_table_here"))
+        assert eng.dialect._extract_error_code(raised.value.orig) == 1146
+    finally:
+        eng.dispose()

@@ -141,18 +141,33 @@ def test_values_and_types(backend, conn, table_name):
         ["k"] + [f"c{i}" for i in range(len(cases))]
 
 
-@pytest.mark.xfail(strict=True, reason="PostgreSQL arrays arrive in their "
-                   "text form ('{1,2,3}'); psycopg2 gives lists")
 def test_postgresql_arrays(daemon, target):
+    # They travel as their text form ('{1,NULL,"a b"}'); the client reads
+    # them into lists, as psycopg2 does.
     if "postgresql" not in daemon.urls:
         pytest.skip("no postgresql server")
     conn = dbapi.connect("postgresql")
     try:
         cur = conn.cursor()
-        cur.execute("SELECT ARRAY[1, -2, NULL]::int4[] AS a, "
-                    "ARRAY['x', 'y z']::text[] AS b")
-        assert [d[1] for d in cur.description] == ["int4[]", "text[]"]
-        assert cur.fetchone() == ([1, -2, None], ["x", "y z"])
+        cur.execute(
+            "SELECT ARRAY[1, -2, NULL]::int4[] AS a, "
+            "ARRAY['x', 'y z', 'q\"uote', 'NULL', '', NULL]::text[] AS b, "
+            "ARRAY[[1.5, 2], [3, NULL]]::numeric[] AS c, "
+            "ARRAY[true, false]::bool[] AS d, "
+            "ARRAY['2024-01-02 03:04:05']::timestamp[] AS e, "
+            "'{}'::int8[] AS f, ARRAY[0.25]::float8[] AS g")
+        assert [d[1] for d in cur.description] == [
+            "int4[]", "text[]", "numeric[]", "bool[]", "timestamp[]",
+            "int8[]", "float8[]"]
+        assert cur.fetchone() == (
+            [1, -2, None],
+            ["x", "y z", 'q"uote', "NULL", "", None],
+            [[Decimal("1.5"), Decimal("2")],
+             [Decimal("3"), None]],
+            [True, False],
+            [datetime.datetime(2024, 1, 2, 3, 4, 5)],
+            [],
+            [0.25])
     finally:
         conn.close()
 

@@ -222,7 +222,72 @@ def converter(flavor, database_type):
         return _mysql_time if flavor == "mysql" else _time
     if kind == "interval" and flavor == "postgresql":
         return _pg_interval
+    if flavor == "postgresql" and kind.endswith("[]"):
+        return _pg_array_of(kind[:-2])
     return None
+
+
+# The elements of a PostgreSQL array whose own text is not their value
+# (an array arrives as its text form, '{1,NULL,"a b"}'), as psycopg2 reads
+# them; other element types stay text, or go through converter().
+_PG_ELEMENTS = {
+    "int2": int, "int4": int, "int8": int, "oid": int,
+    "float4": float, "float8": float,
+    "bool": lambda text: text == "t",
+}
+
+
+def _pg_array_of(element_type):
+    convert = _PG_ELEMENTS.get(element_type) or converter("postgresql",
+                                                          element_type)
+    return lambda text: parse_pg_array(text, convert)
+
+
+def parse_pg_array(text, convert=None):
+    """A PostgreSQL array's text form as (nested) lists: elements split on
+    commas, double-quoted ones with backslash escapes, unquoted NULL as
+    None, each element through convert. Text that is not an array literal
+    (a dimension prefix such as '[0:1]={...}') is returned as it is."""
+    if not text.startswith("{"):
+        return text
+    stack = [[]]
+    i = 1
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "{":
+            stack.append([])
+            i += 1
+        elif c == "}":
+            done = stack.pop()
+            if not stack:
+                return done
+            stack[-1].append(done)
+            i += 1
+        elif c == ",":
+            i += 1
+        elif c == '"':
+            j = i + 1
+            chars = []
+            while j < n and text[j] != '"':
+                if text[j] == "\\":
+                    j += 1
+                chars.append(text[j])
+                j += 1
+            value = "".join(chars)
+            stack[-1].append(convert(value) if convert else value)
+            i = j + 1
+        else:
+            j = i
+            while j < n and text[j] not in ",}":
+                j += 1
+            value = text[i:j].strip()
+            if value.upper() == "NULL":
+                stack[-1].append(None)
+            else:
+                stack[-1].append(convert(value) if convert else value)
+            i = j
+    return text  # unbalanced: not an array literal after all
 
 
 def python_values(column, data, flavor):

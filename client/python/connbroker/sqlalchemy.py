@@ -18,6 +18,7 @@ Written to the API SQLAlchemy 1.4 and 2.x share.
 """
 
 import decimal
+import re
 import weakref
 
 from sqlalchemy import exc
@@ -234,6 +235,9 @@ class PGDialect_connbroker(_BrokerDialect, PGDialect):  # noqa: N801
 
 # --- MySQL and MariaDB ------------------------------------------------------
 
+_MYSQL_ERROR_NUMBER = re.compile(r"\(MySQL error (\d+)\)\s*$")
+
+
 class MySQLDialect_connbroker(_BrokerDialect, MySQLDialect):  # noqa: N801
     """MySQL through the daemon: `mysql+connbroker:///NAME` (a MariaDB
     server is recognised from its version, as with any MySQL driver)."""
@@ -250,8 +254,12 @@ class MySQLDialect_connbroker(_BrokerDialect, MySQLDialect):  # noqa: N801
         return charset or "utf8mb4"
 
     def _extract_error_code(self, exception):
-        # MySQL's error numbers do not reach the client; reflection asks
-        # for 1146 (no such table), whose SQLSTATE is 42S02.
+        # The daemon ends a MySQL error's message with "(MySQL error N)";
+        # SQLAlchemy's MySQL dialect keys on N (1146, no such table, for
+        # reflection; the lost-connection numbers for is_disconnect).
+        match = _MYSQL_ERROR_NUMBER.search(str(exception))
+        if match:
+            return int(match.group(1))
         if getattr(exception, "sqlstate", "") == "42S02":
             return 1146
         return None
