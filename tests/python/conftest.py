@@ -105,13 +105,12 @@ class Daemon:
             raise AssertionError(
                 f"connbrokerd exited by itself ({died}); its log:\n"
                 f"{self.log()[-20000:]}")
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def write_secrets(directory, urls, extra=""):

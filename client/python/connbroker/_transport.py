@@ -243,9 +243,10 @@ def encode_query_request(request_id, query_request):
 class Stream:
     """One Session call, used by one thread at a time.
 
-    Requests are written from a queue the gRPC runtime drains; answers are
-    read on the caller's thread. `broken` turns true when the call ended
-    (daemon restart, network), after which a new Stream is needed.
+    Requests are written and answers read through the transport's call
+    (_NativeCall, or _GrpcioCall without the extension). `broken` turns
+    true when the call ended (daemon restart, network, an interrupted
+    read), after which a new Stream is needed.
     """
 
     def __init__(self, channel, metadata):
@@ -271,20 +272,26 @@ class Stream:
 
     def send(self, request):
         """Writes a request (after finishing any unread answer); its id."""
-        if self._reader is not None:
-            self._reader.finish()
-        request.id = self._next_id
-        self._next_id += 1
-        self._write(request)
-        return request.id
+        def encode(request_id):
+            request.id = request_id
+            return request.SerializeToString()
+        return self._send(encode)
 
-    def _write(self, request):
+    def _send(self, encode, finish_reader=True):
+        """Writes encode(id) under the next request id; that id. An unread
+        answer is read into memory first, unless this is its own cancel."""
+        if finish_reader and self._reader is not None:
+            self._reader.finish()
+        request_id = self._next_id
+        self._next_id += 1
+        data = encode(request_id)
         try:
-            self._call.write(request.SerializeToString())
+            self._call.write(data)
         except BaseException:
             # Also KeyboardInterrupt: where the stream stands is unknown.
             self.broken = True
             raise
+        return request_id
 
     def receive(self, request_id):
         """The next message answering request_id; raises on an error."""
@@ -321,16 +328,9 @@ class Stream:
     def query_encoded(self, query_request):
         """query() for an encoded QueryRequest (a repeated statement's,
         kept encoded by the caller): only the id is encoded here."""
-        if self._reader is not None:
-            self._reader.finish()
-        request_id = self._next_id
-        self._next_id += 1
-        try:
-            self._call.write(encode_query_request(request_id, query_request))
-        except BaseException:
-            self.broken = True
-            raise
-        return self._read_answer(request_id)
+        return self._read_answer(self._send(
+            lambda request_id: encode_query_request(request_id,
+                                                    query_request)))
 
     def _read_answer(self, request_id):
         first = self.receive(request_id)
@@ -340,11 +340,14 @@ class Stream:
         return reader
 
     def cancel(self, request_id):
+        """Asks the daemon to stop request_id, whose answer is being read."""
         cancel = session_pb2.SessionRequest()
         cancel.cancel.id = request_id
-        cancel.id = self._next_id
-        self._next_id += 1
-        self._write(cancel)
+
+        def encode(cancel_id):
+            cancel.id = cancel_id
+            return cancel.SerializeToString()
+        self._send(encode, finish_reader=False)
 
     def _release(self, reader):
         if self._reader is reader:

@@ -453,14 +453,15 @@ class Cursor:
         self._drop_result()
         conn = self.connection
         rows = _sql.returns_rows(operation)
+        seconds = _transport.ttl_seconds(ttl)
         # A query with a ttl reads the daemon's shared result cache, which
         # no transaction's reads go through: it opens none (inside one that
         # is open already it runs uncached, seeing the transaction's writes).
-        if not (rows and _transport.ttl_seconds(ttl)):
+        if not (rows and seconds):
             conn._begin_before(operation)
         operation = conn._native_sql(operation, parameters)
         if rows:
-            self._query(operation, parameters, ttl, chunk_rows)
+            self._query(operation, parameters, seconds, chunk_rows)
         else:
             def build(request, handle):
                 request.execute.target.handle = handle
@@ -473,19 +474,9 @@ class Cursor:
                 self.lastrowid = answer.last_insert_id
         return self
 
-    def _query(self, sql, parameters, ttl, chunk_rows):
-        seconds = _transport.ttl_seconds(ttl)
-
-        def build(request, handle):
-            request.query.target.handle = handle
-            request.query.sql = sql
-            _transport.fill_params(request.query.params, parameters)
-            if seconds:
-                request.query.ttl_seconds = seconds
-            request.query.chunk_rows = chunk_rows
-
+    def _query(self, sql, parameters, seconds, chunk_rows):
         conn = self.connection
-        if parameters is None or not parameters:
+        if not parameters:
             # The same statement again (a dashboard's queries): its request
             # is kept encoded by the connection.
             def use(stream, request):
@@ -493,6 +484,14 @@ class Cursor:
                     conn._encoded_query(sql, seconds, chunk_rows))
             reader = conn._run(_nothing_to_build, use, resend_if_broken=True)
         else:
+            def build(request, handle):
+                request.query.target.handle = handle
+                request.query.sql = sql
+                _transport.fill_params(request.query.params, parameters)
+                if seconds:
+                    request.query.ttl_seconds = seconds
+                request.query.chunk_rows = chunk_rows
+
             reader = conn._run(build, lambda s, r: s.query(r),
                                resend_if_broken=True)
         self._reader = reader
@@ -523,15 +522,22 @@ class Cursor:
 
     # -- fetching --
 
-    def _next_batch(self):
-        """Decodes the next batch into rows; False when the result is over."""
+    def _take_batch(self):
+        """The result's next RowBatch, or None once it is over (the summary
+        is then read: rowcount, from_cache)."""
         if self._batches is None:
-            return False
+            return None
         batch = next(self._batches, None)
         if batch is None:
             self._batches = None
             self._settle()
             self._reader = None
+        return batch
+
+    def _next_batch(self):
+        """Decodes the next batch into rows; False when the result is over."""
+        batch = self._take_batch()
+        if batch is None:
             return False
         flavor = self.connection.flavor
         columns = [
@@ -591,19 +597,13 @@ class Cursor:
         return list(self._columns)
 
     def column_batches(self):
-        """The rest of the result as (columns, [ColumnData...]) batches,
+        """The rest of the result as ([ColumnData, ...], row_count) a batch,
         undecoded into rows: what the DataFrame builder reads."""
         self._require_result()
         if self._rows:
             raise errors.ProgrammingError(
                 "column_batches after rows were fetched")
-        while self._batches is not None:
-            batch = next(self._batches, None)
-            if batch is None:
-                self._batches = None
-                self._settle()
-                self._reader = None
-                return
+        while (batch := self._take_batch()) is not None:
             yield [_columns.decode_column(v, batch.row_count)
                    for v in batch.columns], batch.row_count
 
